@@ -1,0 +1,25 @@
+# The README's two commands: `make demo` (main job) and `make test` (whole suite).
+# Both set up everything on a fresh machine first (apt packages, .venv, the project).
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup.stamp
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+
+.PHONY: setup demo test clean
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/arpo-jax demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
