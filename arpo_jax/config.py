@@ -95,7 +95,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
         item_tp = args[0] if args else Any
         items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -129,7 +129,7 @@ def _build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for k in values:
         if k not in fields:
-            raise ConfigError(f"unknown config key {prefix}{k!r} (known: {', '.join(sorted(fields))})")
+            raise ConfigError(f"unknown config key '{prefix}{k}' (known: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, value in values.items():
         kwargs[name] = _coerce(value, hints[name], prefix + name)

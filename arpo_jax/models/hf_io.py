@@ -128,8 +128,13 @@ def _to_hf(kind: str, arr: np.ndarray) -> np.ndarray:
     raise ValueError(kind)
 
 
+def _unwrap(leaf):
+    return leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
+
+
 def _flat_params(state) -> list[tuple[tuple, object]]:
-    return [(tuple(path), leaf) for path, leaf in nnx.to_flat_state(state)]
+    """(path, raw leaf) pairs of an nnx.State, Variables unwrapped."""
+    return [(tuple(path), _unwrap(leaf)) for path, leaf in nnx.to_flat_state(state)]
 
 
 # ---------------------------------------------------------------------------- creation
@@ -145,7 +150,6 @@ def create_model(cfg: ModelConfig, *, seed: int = 0, mesh: Mesh | None = None) -
     graphdef, abstract_state = _abstract(cfg, seed)
     shardings = state_shardings(abstract_state, mesh)
 
-    @jax.jit
     def init():
         return nnx.split(Transformer(cfg, rngs=nnx.Rngs(seed)))[1]
 
@@ -264,7 +268,7 @@ def save_hf(model: Transformer, cfg: ModelConfig, path: str | Path, *, tokenizer
     size = 0
     for p, leaf in _flat_params(state):
         name, kind = _hf_name_and_kind(p)
-        arr = _to_hf(kind, np.asarray(jax.device_get(leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf)).astype(np_dtype))
+        arr = _to_hf(kind, np.asarray(jax.device_get(leaf)).astype(np_dtype))
         if size and size + arr.nbytes > max_shard_bytes:
             shards.append({})
             size = 0

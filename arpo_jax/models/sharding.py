@@ -89,7 +89,7 @@ def fit_spec(spec: Sequence, shape: Sequence[int], mesh) -> P:
 
 def param_spec(path: Sequence, shape: Sequence[int], mesh) -> P:
     """Partition spec of the parameter at ``path`` (tuple of names) with ``shape``."""
-    names = [str(getattr(p, "key", p)) for p in path]
+    names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
     names = [n for n in names if n not in ("value", "raw_value")]
     rule = PARAM_RULES.get(names[-1]) if names else None
     if rule is None or len(rule) != len(shape):

@@ -1,0 +1,154 @@
+"""The ``arpo-jax`` command line: one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _load_any(path: str, dtype: str | None = None, mesh=None):
+    from arpo_jax.models.hf_io import load_hf
+    from arpo_jax.models.native_io import is_native_checkpoint, load_native
+
+    if is_native_checkpoint(path):
+        return load_native(path, mesh=mesh)
+    return load_hf(path, dtype=dtype, param_dtype=dtype, mesh=mesh)
+
+
+def cmd_convert(args) -> int:
+    """HF ⇄ arpo_jax checkpoint conversion."""
+    from arpo_jax.models.hf_io import save_hf
+    from arpo_jax.models.native_io import is_native_checkpoint, save_native
+
+    src_native = is_native_checkpoint(args.src)
+    to = args.to or ("hf" if src_native else "arpo")
+    model, cfg = _load_any(args.src, dtype=args.dtype)
+    if to == "hf":
+        tok = None
+        if not src_native and Path(args.src, "tokenizer_config.json").is_file():
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(args.src)
+        save_hf(model, cfg, args.dst, tokenizer=tok, dtype=args.dtype)
+    else:
+        save_native(model, cfg, args.dst)
+        src = Path(args.src)
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                     "generation_config.json"):
+            if (src / name).is_file():
+                (Path(args.dst) / name).write_bytes((src / name).read_bytes())
+    print(f"wrote {to} checkpoint to {args.dst}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    """Architecture, parameter count, dtype and a memory estimate of a checkpoint or preset."""
+    from arpo_jax.models.config import ModelConfig, get_preset
+    from arpo_jax.models.native_io import CONFIG_NAME, is_native_checkpoint
+
+    path = Path(args.path)
+    if is_native_checkpoint(path):
+        cfg = ModelConfig(**json.loads((path / CONFIG_NAME).read_text()))
+    elif path.is_dir():
+        cfg = ModelConfig.from_hf_config(path)
+        raw = json.loads((path / "config.json").read_text())
+        dt = raw.get("torch_dtype") or raw.get("dtype")
+        if dt in ("float32", "bfloat16"):
+            cfg = cfg.replace(param_dtype=dt, dtype=dt)
+    else:
+        try:
+            cfg = get_preset(args.path)
+        except KeyError:
+            print(f"error: {args.path!r} is neither a checkpoint directory nor a preset name", file=sys.stderr)
+            return 2
+    n = cfg.num_params()
+    pbytes = {"float32": 4, "bfloat16": 2}[cfg.param_dtype]
+    info = {
+        "family": cfg.family,
+        "layers": cfg.num_layers,
+        "hidden": cfg.hidden_size,
+        "heads": f"{cfg.num_heads} q / {cfg.num_kv_heads} kv x {cfg.head_dim}",
+        "ffn": cfg.intermediate_size,
+        "vocab": cfg.vocab_size,
+        "tied_embeddings": cfg.tie_word_embeddings,
+        "params": n,
+        "param_dtype": cfg.param_dtype,
+        "memory_params_GiB": round(n * pbytes / 2**30, 3),
+        # fp32 AdamW moments + fp32 grads, the trainer's layout
+        "memory_train_GiB": round(n * (pbytes + 4 + 8) / 2**30, 3),
+        "kv_cache_per_token_KiB": round(2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * pbytes / 1024, 2),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            print(f"{k:>24}: {v}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    """Benchmarks; each writes JSON."""
+    import importlib
+
+    module = importlib.import_module(BENCHES[args.bench_name])
+    result = module.run(args)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The built-in demo (see arpo_jax/demo)."""
+    from arpo_jax.demo.walkthrough import run
+
+    return 0 if run(Path(args.out))["ok"] else 1
+
+
+BENCHES = {"sampler": "arpo_jax.sampling.bench"}
+
+
+def build_parser(with_benches: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arpo-jax", description="ARPO for tool-using LLM agents, in JAX")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="convert a checkpoint HF <-> arpo_jax")
+    p.add_argument("src", help="source directory (HF or arpo_jax checkpoint)")
+    p.add_argument("dst", help="destination directory")
+    p.add_argument("--to", choices=["hf", "arpo"], help="target format (default: the other one)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="storage dtype of the output")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("info", help="describe a checkpoint directory or a preset name")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="run the built-in demo")
+    p.add_argument("--out", default="runs/demo", help="output directory")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="run a benchmark (writes JSON)")
+    bench_sub = p.add_subparsers(dest="bench_name", required=True)
+    import importlib
+
+    for name, module_name in BENCHES.items():
+        bp = bench_sub.add_parser(name)
+        if with_benches:  # importing a benchmark module is slow: only when asked for
+            importlib.import_module(module_name).add_arguments(bp)
+        bp.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(with_benches=bool(argv) and argv[0] == "bench").parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
