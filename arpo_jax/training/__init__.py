@@ -1,0 +1,1 @@
+"""Training: the optax policy update, RL and SFT loops, checkpoints, logging."""

@@ -1,0 +1,158 @@
+"""The optax GRPO/PPO policy update: recompute log-probs, PPO loss, exact micro-batching.
+
+A ``PolicyBatch`` holds right-padded sequences (prompt + response, tool results included)
+and per-token arrays aligned with ``tokens``: index t describes token t, predicted from
+tokens[:t]. ``update`` splits the batch into micro-batches, accumulates the gradient of the
+global token mean exactly (``(loss_sum, denominator)``), clips, applies AdamW and skips the
+step (parameters and optimizer state unchanged) when the loss or gradient is not finite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from arpo_jax.algorithms.accumulation import accumulate_gradients
+from arpo_jax.algorithms.losses import PolicyLossConfig, policy_loss, summarize_loss_output, token_logprobs_and_entropy
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with global-norm clipping (paper runs: lr 1e-6 constant, clip 1.0)."""
+
+    lr: float = 1e-6
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine
+    total_steps: int = 1
+
+    def __post_init__(self):
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"optimizer.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.lr <= 0:
+            raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
+
+
+def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+    """clip_by_global_norm → AdamW with a (warmup +) constant or cosine schedule."""
+    if cfg.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1), max(cfg.total_steps, 2))
+    elif cfg.warmup_steps:
+        lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps),
+                                   optax.constant_schedule(cfg.lr)], [cfg.warmup_steps])
+    else:
+        lr = cfg.lr
+    chain = [optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)]
+    if cfg.grad_clip and cfg.grad_clip > 0:
+        chain.insert(0, optax.clip_by_global_norm(cfg.grad_clip))
+    return optax.chain(*chain)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class PolicyBatch:
+    """One update's sequences. All arrays [B, T]; tokens right-padded.
+
+    attention_mask: 1 on real tokens (prompt, model tokens, tool results), 0 on padding.
+    loss_mask: 1 on model-generated tokens (incl. closing tool tags and EOS), else 0.
+    old_logprobs: behaviour-policy log-probs of each token (0 where loss_mask is 0).
+    advantages: per-token advantages. token_weights: e.g. 1/multiplicity (hard attribution).
+    """
+
+    tokens: jax.Array
+    attention_mask: jax.Array
+    loss_mask: jax.Array
+    old_logprobs: jax.Array
+    advantages: jax.Array
+    token_weights: jax.Array
+
+
+def make_policy_batch(tokens, attention_mask, loss_mask, old_logprobs, advantages, token_weights=None) -> PolicyBatch:
+    """Builds a PolicyBatch with the right dtypes (weights default to 1)."""
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if token_weights is None:
+        token_weights = jnp.ones(tokens.shape, jnp.float32)
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    return PolicyBatch(tokens, jnp.asarray(attention_mask, jnp.int32), f32(loss_mask), f32(old_logprobs),
+                       f32(advantages), f32(token_weights))
+
+
+def sequence_logprobs(model, tokens: jax.Array, attention_mask: jax.Array, temperature: float = 1.0):
+    """Per-token log-probs and entropies [B, T] of ``tokens`` under ``model`` (index 0 → 0).
+
+    Value t is log p(tokens[t] | tokens[:t]) at ``temperature``, the quantity the sampler
+    records while generating.
+    """
+    logits = model(tokens, attention_mask=attention_mask)  # [B, T, V]
+    logprobs, entropy = token_logprobs_and_entropy(logits[:, :-1], tokens[:, 1:], temperature)
+    pad = jnp.zeros((tokens.shape[0], 1), jnp.float32)
+    return jnp.concatenate([pad, logprobs], 1), jnp.concatenate([pad, entropy], 1)
+
+
+def _split_micro(batch: PolicyBatch, num_micro: int) -> PolicyBatch:
+    b = batch.tokens.shape[0]
+    if b % num_micro:
+        raise ValueError(f"batch of {b} sequences does not split into {num_micro} micro-batches")
+    return jax.tree.map(lambda x: x.reshape((num_micro, b // num_micro) + x.shape[1:]), batch)
+
+
+def policy_loss_fn(graphdef, loss_cfg: PolicyLossConfig, temperature: float):
+    """(params, micro_batch) → PolicyLossOutput for ``accumulate_gradients``."""
+
+    def loss_fn(params, mb: PolicyBatch):
+        model = nnx.merge(graphdef, params)
+        logprobs, entropy = sequence_logprobs(model, mb.tokens, mb.attention_mask, temperature)
+        return policy_loss(logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, loss_cfg,
+                           entropy=entropy, token_weights=mb.token_weights)
+
+    return loss_fn
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "optimizer", "loss_cfg", "temperature", "num_micro"),
+                   donate_argnames=("params", "opt_state"))
+def update(params, opt_state, batch: PolicyBatch, *, graphdef, optimizer, loss_cfg: PolicyLossConfig,
+           temperature: float = 1.0, num_micro: int = 1):
+    """One optimizer step on ``batch`` → (params, opt_state, metrics). Non-finite → skipped."""
+    loss_fn = policy_loss_fn(graphdef, loss_cfg, temperature)
+    grads, out = accumulate_gradients(loss_fn, params, _split_micro(batch, num_micro))
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(out.loss_sum) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    params = jax.tree.map(keep, new_params, params)
+    opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+    metrics = summarize_loss_output(out)
+    metrics.update(grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32))
+    return params, opt_state, metrics
+
+
+class PolicyTrainer:
+    """Holds (graphdef, params, optimizer state) and applies ``update``; params stay sharded."""
+
+    def __init__(self, model, opt_cfg: OptimizerConfig, loss_cfg: PolicyLossConfig = PolicyLossConfig(),
+                 *, temperature: float = 1.0, num_micro: int = 1):
+        self.graphdef, self.params = nnx.split(model)
+        self.optimizer = make_optimizer(opt_cfg)
+        self.opt_state = self.optimizer.init(self.params)
+        self.loss_cfg, self.temperature, self.num_micro = loss_cfg, temperature, num_micro
+
+    def step(self, batch: PolicyBatch) -> dict:
+        self.params, self.opt_state, metrics = update(
+            self.params, self.opt_state, batch, graphdef=self.graphdef, optimizer=self.optimizer,
+            loss_cfg=self.loss_cfg, temperature=self.temperature, num_micro=self.num_micro)
+        return metrics
+
+    @property
+    def model(self):
+        """The current policy as an NNX module (shares the trainer's arrays)."""
+        return nnx.merge(self.graphdef, self.params)
