@@ -1,0 +1,54 @@
+"""One process of the two-process jax.distributed test (run by test_multihost.py)."""
+
+import json
+import os
+import sys
+
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+from arpo_jax.models import create_model, get_preset, make_mesh  # noqa: E402
+from arpo_jax.training.distributed import global_batch, initialize_from_env, process_rows  # noqa: E402
+from arpo_jax.training.update import OptimizerConfig, PolicyTrainer, make_policy_batch  # noqa: E402
+
+CFG = get_preset("qwen3-0.6b", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
+                 num_heads=4, num_kv_heads=2, head_dim=8)
+
+
+def fixed_batch(b=4, t=10):
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 64, (b, t)).astype(np.int32)
+    attn = np.ones((b, t), np.int32)
+    loss_mask = np.ones((b, t), np.float32)
+    loss_mask[:, :3] = 0
+    old_lp = -np.abs(rng.normal(size=(b, t))).astype(np.float32) * loss_mask
+    adv = (np.repeat(rng.normal(size=(b, 1)), t, 1) * loss_mask).astype(np.float32)
+    return dict(tokens=tokens, attention_mask=attn, loss_mask=loss_mask, old_logprobs=old_lp, advantages=adv)
+
+
+def main(out_path):
+    distributed = initialize_from_env()
+    mesh = make_mesh((-1, 1, 1))
+    model = create_model(CFG, seed=0, mesh=mesh)
+    full = fixed_batch()
+    rows = process_rows(4)
+    local = {k: v[rows] for k, v in full.items()}
+    with jax.set_mesh(mesh):
+        arrays = global_batch(local, NamedSharding(mesh, P(("data", "fsdp"))))
+        trainer = PolicyTrainer(model, OptimizerConfig(lr=1e-3, weight_decay=0.0))
+        losses = [float(trainer.step(make_policy_batch(**arrays))["loss"]) for _ in range(2)]
+    embed = np.asarray(jax.experimental.multihost_utils.process_allgather(trainer.params["embed"][...], tiled=True))
+    if jax.process_index() == 0:
+        with open(out_path, "w") as f:
+            json.dump({"losses": losses, "embed_sum": float(np.abs(embed).sum()), "processes": jax.process_count(),
+                       "devices": jax.device_count(), "distributed": distributed}, f)
+
+
+if __name__ == "__main__":
+    import jax.experimental.multihost_utils  # noqa: F401
+
+    main(sys.argv[1])
