@@ -105,6 +105,28 @@ def cmd_demo(args) -> int:
     return 0 if run(Path(args.out))["ok"] else 1
 
 
+def cmd_sft(args) -> int:
+    """Supervised fine-tuning (cold start); exit 0 finished, preempt_exit_code on SIGTERM, 3 diverged."""
+    from arpo_jax.config import load_config
+    from arpo_jax.training.distributed import initialize_from_env
+    from arpo_jax.training.sft import SFTConfig, run_sft
+    from arpo_jax.training.checkpoint import NoValidCheckpointError
+    from arpo_jax.training.signals import TrainingDiverged
+
+    cfg = load_config(SFTConfig, args.config, args.overrides)
+    initialize_from_env()
+    try:
+        summary = run_sft(cfg)
+    except NoValidCheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    print(json.dumps(summary, default=str))
+    return cfg.train.preempt_exit_code if summary["status"] == "preempted" else 0
+
+
 BENCHES = {"sampler": "arpo_jax.sampling.bench"}
 
 
@@ -127,6 +149,11 @@ def build_parser(with_benches: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the built-in demo")
     p.add_argument("--out", default="runs/demo", help="output directory")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on multi-turn tool traces (cold start)")
+    p.add_argument("config", help="YAML config (see configs/sft_example.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
+    p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("bench", help="run a benchmark (writes JSON)")
     bench_sub = p.add_subparsers(dest="bench_name", required=True)

@@ -1,0 +1,381 @@
+"""Supervised fine-tuning (the cold start before ARPO) on multi-turn tool traces.
+
+``run_sft(cfg)`` trains with the token-mean cross-entropy over trained tokens (assistant
+text; tool results masked), accumulated exactly over micro-batches as ``(loss_sum,
+denominator)``, with the project's AdamW (``make_optimizer``). Orbax checkpoints hold the
+parameters, optimizer state, RNG key, data position and skip counters, so a killed run resumed
+with ``train.resume=auto`` repeats the uninterrupted run's steps bit for bit. Non-finite updates
+are skipped and counted; ``train.max_consecutive_skips`` in a row stop the run with a final
+checkpoint (``TrainingDiverged``). SIGTERM writes a final checkpoint and returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from arpo_jax.algorithms.accumulation import accumulate_gradients
+from arpo_jax.algorithms.losses import PolicyLossOutput
+from arpo_jax.config import to_dict
+from arpo_jax.models import ModelConfig, Transformer, create_model, get_preset, load_hf, make_mesh, save_hf
+from arpo_jax.models.sharding import rows_sharding, state_shardings
+from arpo_jax.training.checkpoint import Checkpointer, resolve_resume
+from arpo_jax.training.distributed import global_batch, is_main_process, process_rows
+from arpo_jax.training.metrics_log import MetricsLogger, to_python
+from arpo_jax.training.sft_config import SFTConfig
+from arpo_jax.training.sft_data import load_sft_examples
+from arpo_jax.training.sft_loader import SFTLoader
+from arpo_jax.training.signals import PreemptionHandler, SkipGuard, TrainingDiverged
+from arpo_jax.training.update import OptimizerConfig, make_optimizer
+
+LOG_KEYS = ("loss", "grad_norm", "lr", "accuracy", "num_tokens", "skipped", "skipped_total", "epoch")
+
+
+# ---------------------------------------------------------------------------- loss and step
+def sft_loss(model, batch: dict) -> PolicyLossOutput:
+    """Cross-entropy of one (micro-)batch as (loss_sum, denominator, stats).
+
+    batch: tokens int32 [B, T], attention_mask int32 [B, T], loss_mask float32 [B, T];
+    token t is predicted from tokens[:t] and counts when loss_mask[t] > 0.
+    """
+    logits = model(batch["tokens"], attention_mask=batch["attention_mask"])[:, :-1]  # [B, T-1, V]
+    targets = batch["tokens"][:, 1:]  # [B, T-1]
+    mask = batch["loss_mask"][:, 1:].astype(jnp.float32)  # [B, T-1]
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)  # [B, T-1]
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    nll = lse - target_logit
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    denom = jnp.sum(mask)
+    return PolicyLossOutput(jnp.sum(nll * mask), denom, {"num_tokens": denom, "correct": jnp.sum(correct * mask)})
+
+
+def _split_micro(batch: dict, num_micro: int) -> dict:
+    return jax.tree.map(lambda x: x.reshape((num_micro, x.shape[0] // num_micro) + x.shape[1:]), batch)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "optimizer", "num_micro"),
+                   donate_argnames=("params", "opt_state"))
+def sft_step(params, opt_state, batch: dict, loss_scale, *, graphdef, optimizer, num_micro: int = 1):
+    """One AdamW step on ``batch`` → (params, opt_state, metrics); non-finite → unchanged, skipped=1.
+
+    loss_scale: float32 [] multiplying the loss (1.0; NaN only to test the safety path).
+    """
+    def loss_fn(p, mb):
+        out = sft_loss(nnx.merge(graphdef, p), mb)
+        return out._replace(loss_sum=out.loss_sum * loss_scale)
+
+    grads, out = accumulate_gradients(loss_fn, params, _split_micro(batch, num_micro))
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(out.loss_sum) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    params = jax.tree.map(keep, new_params, params)
+    opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+    n = jnp.maximum(out.denominator, 1e-8)
+    metrics = dict(loss=out.loss_sum / n, grad_norm=grad_norm, accuracy=out.stats["correct"] / n,
+                   num_tokens=out.denominator, skipped=(~finite).astype(jnp.int32))
+    return params, opt_state, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def sft_eval_step(params, batch: dict, *, graphdef):
+    """(loss_sum, num_tokens, correct) of a batch, for an exact token mean over an eval set."""
+    out = sft_loss(nnx.merge(graphdef, params), batch)
+    return out.loss_sum, out.denominator, out.stats["correct"]
+
+
+@functools.lru_cache(maxsize=8)
+def _optimizer(cfg: OptimizerConfig):
+    """``make_optimizer``, memoised: the same config gives the same object, so ``sft_step``
+    (which takes it as a static argument) is not recompiled for every run in one process."""
+    return make_optimizer(cfg)
+
+
+def learning_rate(cfg: OptimizerConfig, count: int) -> float:
+    """The learning rate ``make_optimizer(cfg)`` applies at update ``count`` (0-based)."""
+    if cfg.schedule == "cosine":
+        return float(optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1),
+                                                        max(cfg.total_steps, 2))(count))
+    if cfg.warmup_steps and count < cfg.warmup_steps:
+        return cfg.lr * count / cfg.warmup_steps
+    return cfg.lr
+
+
+# ------------------------------------------------------------------------- model and state
+def load_tokenizer(cfg: SFTConfig):
+    """``AutoTokenizer`` from ``model.tokenizer`` (default ``model.path``); never from the hub."""
+    from transformers import AutoTokenizer
+
+    path = cfg.model.tokenizer or cfg.model.path
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"tokenizer directory {path!r} does not exist (hub names are not fetched)")
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def check_exported_tokenizer(tokenizer, path: str | Path, sample: str) -> str | None:
+    """A warning when ``AutoTokenizer`` reloads the exported tokenizer so that it tokenizes
+    ``sample`` differently (e.g. transformers picking the architecture's own tokenizer class
+    for a custom tokenizer saved beside a qwen2 config.json)."""
+    from transformers import AutoTokenizer
+
+    reloaded = AutoTokenizer.from_pretrained(str(path))
+    ids = [tok(sample, add_special_tokens=False)["input_ids"] for tok in (tokenizer, reloaded)]
+    if ids[0] == ids[1]:
+        return None
+    return (f"warning: the tokenizer exported to {path} reloads as {type(reloaded).__name__} and tokenizes "
+            f"differently from the training tokenizer ({type(tokenizer).__name__}); load it with that class")
+
+
+def model_config(cfg: SFTConfig, tokenizer) -> ModelConfig | None:
+    """The random-init ``ModelConfig`` (None when the model is loaded from ``model.path``)."""
+    m = cfg.model
+    if m.path:
+        return None
+    fields = dict(m.config)
+    fields.setdefault("vocab_size", len(tokenizer))
+    for k in ("dtype", "param_dtype"):
+        if getattr(m, k):
+            fields[k] = getattr(m, k)
+    fields["remat"] = m.remat
+    try:
+        return get_preset(m.preset, **fields) if m.preset else ModelConfig(**fields)
+    except TypeError as e:
+        raise ValueError(f"model.config: {e}") from None
+
+
+def build_model(cfg: SFTConfig, tokenizer, mesh) -> tuple[Transformer, ModelConfig]:
+    """A fresh model: loaded from ``model.path`` or randomly initialised, sharded on ``mesh``."""
+    m = cfg.model
+    if m.path:
+        from arpo_jax.models.native_io import is_native_checkpoint, load_native
+
+        if is_native_checkpoint(m.path):
+            model, mcfg = load_native(m.path, mesh=mesh)
+        else:
+            model, mcfg = load_hf(m.path, dtype=m.dtype, param_dtype=m.param_dtype, mesh=mesh)
+        if m.remat:  # only Transformer.__call__ reads cfg.remat
+            model.cfg = mcfg = mcfg.replace(remat=True)
+        return model, mcfg
+    mcfg = model_config(cfg, tokenizer)
+    if mesh.size > 1:
+        return create_model(mcfg, seed=m.init_seed, mesh=mesh), mcfg
+    # One device: eager init (its ops are cached across runs) instead of compiling the initializer.
+    model = create_model(mcfg, seed=m.init_seed)
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, jax.device_put(state, state_shardings(state, mesh))), mcfg
+
+
+def _with_shardings(tree, shardings):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+
+def abstract_train_state(mcfg: ModelConfig, optimizer, mesh) -> tuple[Any, dict]:
+    """(graphdef, abstract {"params", "opt_state", "rng"}) with the target shardings, for restore."""
+    graphdef, abs_params = nnx.split(nnx.eval_shape(lambda: Transformer(mcfg, rngs=nnx.Rngs(0))))
+    abs_params = _with_shardings(abs_params, state_shardings(abs_params, mesh))
+    abs_opt = jax.eval_shape(optimizer.init, abs_params)
+    abs_opt = _with_shardings(abs_opt, state_shardings(abs_opt, mesh))
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, P()))
+    return graphdef, {"params": abs_params, "opt_state": abs_opt, "rng": rng}
+
+
+def _device_batch(arrays: dict, mesh) -> dict:
+    b = arrays["tokens"].shape[0]
+    sharding = rows_sharding(mesh, 2, b)
+    if jax.process_count() == 1:
+        return {k: jax.device_put(v, sharding) for k, v in arrays.items()}
+    rows = process_rows(b)
+    return global_batch({k: v[rows] for k, v in arrays.items()}, sharding)
+
+
+def _evaluate(loader: SFTLoader, params, graphdef, batch_size: int, mesh) -> dict[str, float]:
+    loss = tokens = correct = 0.0
+    for arrays in loader.eval_batches(batch_size):
+        s, n, c = jax.device_get(sft_eval_step(params, _device_batch(arrays, mesh), graphdef=graphdef))
+        loss, tokens, correct = loss + float(s), tokens + float(n), correct + float(c)
+    return {"eval/loss": loss / max(tokens, 1e-8), "eval/accuracy": correct / max(tokens, 1e-8),
+            "eval/num_tokens": tokens}
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What the loop starts from: a fresh model or a restored checkpoint."""
+
+    graphdef: Any
+    params: Any  # nnx.State, sharded
+    opt_state: Any
+    rng: jax.Array  # uint32 [2] key data
+    step: int
+    mcfg: ModelConfig
+
+
+def init_or_restore(cfg: SFTConfig, tokenizer, optimizer, mesh, ckpt: Checkpointer, loader: SFTLoader,
+                    guard: SkipGuard) -> TrainState:
+    """Restores the checkpoint ``train.resume`` asks for (moving ``loader`` and ``guard`` to its
+    position), or builds a fresh model and optimizer state when there is none."""
+    resume = resolve_resume(cfg.train.resume, ckpt)
+    if resume is None:
+        model, mcfg = build_model(cfg, tokenizer, mesh)
+        graphdef, params = nnx.split(model)
+        opt_state = optimizer.init(params)
+        opt_state = jax.device_put(opt_state, state_shardings(opt_state, mesh))
+        return TrainState(graphdef, params, opt_state, jax.random.key_data(jax.random.key(cfg.train.seed)), 0, mcfg)
+    holder = {}
+
+    def target(meta):  # the abstract state (with shardings) of the checkpoint's own model config
+        holder["mcfg"] = ModelConfig(**meta["model_config"])
+        holder["graphdef"], abstract = abstract_train_state(holder["mcfg"], optimizer, mesh)
+        return abstract
+
+    restored = ckpt.restore(target, step=None if resume == -1 else resume)
+    loader.set_position(restored.meta["data_position"])
+    guard.load_state_dict(restored.meta.get("skips", {}))
+    state = restored.state
+    return TrainState(holder["graphdef"], state["params"], state["opt_state"], state["rng"], restored.step,
+                      holder["mcfg"])
+
+
+def _write_status(out_dir: Path, status: dict) -> None:
+    if is_main_process():
+        (out_dir / "status.json").write_text(json.dumps(status, indent=2))
+
+
+# ------------------------------------------------------------------------------------ loop
+def run_sft(cfg: SFTConfig) -> dict[str, Any]:
+    """Runs (or resumes) SFT; returns {"status": "finished"|"preempted", "step", "loss", ...}.
+
+    Raises ``TrainingDiverged`` (after writing a checkpoint) when too many consecutive
+    updates are non-finite.
+    """
+    t, out_dir = cfg.train, Path(cfg.train.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(cfg)
+    enc = dict(truncate=cfg.data.truncate, tool_result_pattern=cfg.data.tool_result_pattern,
+               template_kwargs=cfg.data.template_kwargs)
+    examples, counts = load_sft_examples(cfg.data.train_files, tokenizer, max_len=t.max_len, fmt=cfg.data.format,
+                                         lenient=cfg.data.lenient, **enc)
+    loader = SFTLoader(examples, batch_size=t.batch_size, max_len=t.max_len, seed=t.seed, shuffle=cfg.data.shuffle,
+                       bucket_window=cfg.data.bucket_window, min_bucket=cfg.data.min_bucket,
+                       pad_id=tokenizer.pad_token_id)
+    eval_loader = None
+    if cfg.data.eval_files and t.eval_every:
+        eval_examples, _ = load_sft_examples(cfg.data.eval_files, tokenizer, max_len=t.max_len, fmt=cfg.data.format,
+                                             lenient=cfg.data.lenient, **enc)
+        eval_loader = SFTLoader(eval_examples, batch_size=1, max_len=t.max_len, min_bucket=cfg.data.min_bucket,
+                                pad_id=tokenizer.pad_token_id)
+    total_steps = t.steps or t.epochs * loader.batches_per_epoch
+    opt_cfg = cfg.optimizer
+    if opt_cfg.schedule == "cosine" and opt_cfg.total_steps <= 1:
+        opt_cfg = dataclasses.replace(opt_cfg, total_steps=total_steps)
+    optimizer = _optimizer(opt_cfg)
+    mesh = make_mesh(cfg.model.mesh)
+    ckpt = Checkpointer(t.checkpoint_dir or out_dir / "checkpoints", keep=t.keep, async_save=t.async_checkpoint)
+    guard = SkipGuard(t.max_consecutive_skips)
+
+    st = init_or_restore(cfg, tokenizer, optimizer, mesh, ckpt, loader, guard)
+    graphdef, mcfg = st.graphdef, st.mcfg
+    params, opt_state, rng, step = st.params, st.opt_state, st.rng, st.step
+
+    log = MetricsLogger(out_dir, total_steps=total_steps, start_step=step, jsonl=cfg.logging.jsonl,
+                        tensorboard=cfg.logging.tensorboard, progress=cfg.logging.progress,
+                        wandb=cfg.logging.wandb, wandb_project=cfg.logging.wandb_project,
+                        run_name=cfg.logging.run_name, config=to_dict(cfg))
+    if step:
+        log.message(f"resumed from step {step} of {ckpt.directory} (data epoch {loader.position.epoch}, "
+                    f"batch {loader.position.index})")
+    else:
+        log.message(f"SFT: {counts['examples']} examples ({counts['tokens']} tokens, {counts['truncated']} truncated, "
+                    f"{counts['dropped_long'] + counts['dropped_empty']} dropped), "
+                    f"{loader.batches_per_epoch} batches/epoch, {total_steps} steps")
+    exported: list[str] = []
+    export_root = Path(t.export_dir or out_dir / "hf")
+
+    def save(wait: bool = False) -> None:
+        meta = {"data_position": loader.position.to_dict(), "skips": guard.state_dict(),
+                "model_config": dataclasses.asdict(mcfg), "sft_config": to_dict(cfg)}
+        # rng: carried for loops that sample (SFT itself draws no random numbers)
+        state = {"params": params, "opt_state": opt_state, "rng": rng}
+        ckpt.save(step, state, meta, wait=wait)
+
+    def export(name: str) -> None:
+        if is_main_process():
+            path = save_hf(nnx.merge(graphdef, params), mcfg, export_root / name, tokenizer=tokenizer,
+                           dtype=t.export_dtype)
+            exported.append(str(path))
+            log.message(f"exported HF checkpoint to {path}")
+            warning = check_exported_tokenizer(tokenizer, path, tokenizer.decode(examples[0].tokens))
+            if warning:
+                log.message(warning)
+
+    status, last = "finished", {}
+    try:
+        with PreemptionHandler() as preempt:
+            while step < total_steps:
+                t0 = time.perf_counter()
+                epoch = loader.epoch_float()
+                batch = loader.next_batch()
+                injected = t.debug_nan_step and t.debug_nan_step <= step + 1 < t.debug_nan_step + t.debug_nan_count
+                scale = jnp.float32(np.nan if injected else 1.0)
+                lr = learning_rate(opt_cfg, step - guard.total)
+                params, opt_state, metrics = sft_step(params, opt_state, _device_batch(batch.arrays(), mesh), scale,
+                                                      graphdef=graphdef, optimizer=optimizer,
+                                                      num_micro=t.micro_batches)
+                metrics = jax.device_get(metrics)
+                step += 1
+                guard.update(bool(metrics["skipped"]))
+                dt = time.perf_counter() - t0
+                last = dict(metrics, lr=lr, epoch=epoch, skipped_total=guard.total, step_time=dt,
+                            tokens_per_sec=float(batch.attention_mask.sum()) / dt, seq_len=batch.tokens.shape[1])
+                evaluated = eval_loader is not None and step % t.eval_every == 0
+                if evaluated:
+                    last.update(_evaluate(eval_loader, params, graphdef, t.eval_batch_size or t.batch_size, mesh))
+                if step % cfg.logging.every == 0 or metrics["skipped"] or step == total_steps or evaluated:
+                    log.log(step, last)
+                if metrics["skipped"]:
+                    log.message(f"step {step}: non-finite loss or gradient, update skipped "
+                                f"({guard.consecutive} in a row, {guard.total} in all)")
+                if guard.tripped:
+                    save(wait=True)
+                    msg = guard.message(step, ckpt.directory)
+                    log.message(msg)
+                    _write_status(out_dir, {"status": "diverged", "step": step, "message": msg,
+                                            "checkpoint_dir": ckpt.directory})
+                    raise TrainingDiverged(msg)
+                if t.save_every and step % t.save_every == 0:
+                    save()
+                if t.export_every and step % t.export_every == 0:
+                    export(f"step_{step}")
+                if t.debug_step_sleep:
+                    time.sleep(t.debug_step_sleep)
+                if preempt.requested and step < total_steps:
+                    log.message(f"{preempt.signal_name} received: writing a final checkpoint at step {step} and "
+                                f"stopping (resume with train.resume=auto)")
+                    status = "preempted"
+                    break
+        save(wait=True)
+        if status == "finished" and t.export_at_end:
+            export("final")
+    finally:
+        log.close()
+        ckpt.close()
+    summary = to_python({"status": status, "step": step, "total_steps": total_steps, "loss": last.get("loss"),
+                         "skipped_total": guard.total, "checkpoint_dir": ckpt.directory, "exported": exported,
+                         "data": counts})
+    _write_status(out_dir, summary)
+    return summary
