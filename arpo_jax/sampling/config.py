@@ -32,6 +32,8 @@ class SamplingConfig:
         the embedding matrix, e.g. Qwen's) are set to -inf before anything else. None = all.
     chunk_size: tokens per ``decode_chunk`` call (the loop exits early when every slot stopped).
     compute_entropy: compute the per-token entropy in the loop (False only to measure its cost).
+    topk_entropy: k > 0 also returns, per token, -Σ exp(l)·l over the k largest log-probs of
+        the sampling distribution, not renormalised (the released ARPO code's entropy, k = 10).
     min_prefill_bucket: smallest padded length for insert/append spans (powers of two above).
     prefill_chunk: longer spans are prefilled in pieces of this many tokens (a ``lax.scan``),
         bounding the attention scores to [n, heads, prefill_chunk, window].
@@ -50,6 +52,7 @@ class SamplingConfig:
     vocab_size: int | None = None
     chunk_size: int = 32
     compute_entropy: bool = True
+    topk_entropy: int = 0
     min_prefill_bucket: int = 16
     prefill_chunk: int = 512
     attention_window: bool = True

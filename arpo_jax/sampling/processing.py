@@ -51,12 +51,20 @@ def truncate(scaled: jax.Array, top_k: int, top_p: float) -> jax.Array:
     return jnp.where(scaled >= threshold[:, None], scaled, -jnp.inf)
 
 
-def sample_tokens(logits: jax.Array, keys: jax.Array, cfg: SamplingConfig):
+def topk_entropy(logp: jax.Array, k: int) -> jax.Array:
+    """-Σ exp(l)·l over the k largest log-probs of each row [B, V] -> [B] (not renormalised)."""
+    top, _ = jax.lax.top_k(logp, k)  # [B, k]
+    finite = jnp.isfinite(top)
+    safe = jnp.where(finite, top, 0.0)
+    return -jnp.sum(jnp.where(finite, jnp.exp(safe) * safe, 0.0), axis=-1)
+
+
+def sample_tokens(logits: jax.Array, keys: jax.Array, cfg: SamplingConfig, with_topk: bool = False):
     """Draws one token per row.
 
     logits: fp32 [B, V] (raw model output); keys: raw uint32 key data [B, 2].
     Returns (tokens int32 [B], logprobs fp32 [B], entropies fp32 [B]; zeros if
-    ``cfg.compute_entropy`` is False).
+    ``cfg.compute_entropy`` is False), plus ``topk_entropy`` [B] when ``with_topk``.
     """
     logits = mask_vocab(logits.astype(jnp.float32), cfg.vocab_size)
     scaled = logits / cfg.effective_temperature  # [B, V]
@@ -75,4 +83,6 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, cfg: SamplingConfig):
         tokens = jax.vmap(jax.random.categorical)(typed, trunc).astype(jnp.int32)
         token_logp = logp if trunc is scaled else jax.nn.log_softmax(trunc, axis=-1)
     logprobs = jnp.take_along_axis(token_logp, tokens[:, None], axis=-1)[:, 0]
+    if with_topk:
+        return tokens, logprobs, entropy, topk_entropy(logp, cfg.topk_entropy)
     return tokens, logprobs, entropy

@@ -179,3 +179,44 @@ def test_sharded_slots_match_single_device(ckpt, model):
     s.release(list(range(SLOTS)))
     _script(s, np.random.default_rng(5))
     assert set(s.compile_counts().values()) <= {0, 1}  # no recompilation with sharded slots
+
+
+def test_fork_then_rewind_restarts_from_post_observation_state(fresh):
+    """ARPO paper rule: look k tokens past an observation, then branch from the point right
+    after it. fork + rewind must equal a fork taken at that point (same key → same tokens)."""
+    s, rng = fresh, np.random.default_rng(3)
+    prompt, obs = _prompt(rng, 6), _prompt(rng, 4)
+    s.insert([0], [prompt], budgets=[40])
+    s.decode_chunk()
+    s.append([0], [obs])
+    mark = (int(s.lengths[0]), obs[-1], int(s.budget[0]))
+    key = jax.random.key(7)
+    s.fork(0, [1], keys=[key])  # reference: the branch taken right after the observation
+    logits_at_mark = s.next_logits([0])
+    r = s.decode_chunk()  # the parent looks ahead (8 tokens); slot 1 decodes too
+    outs = {1: r.new_tokens(1)[0].tolist(), 2: []}
+    s.fork(0, [2], keys=[key])
+    s.rewind([2], [mark[0]], [mark[1]], [mark[2]])
+    assert s.lengths[2] == mark[0] and s.status[2] == RUNNING and s.budget[2] == mark[2]
+    np.testing.assert_allclose(s.next_logits([2]), logits_at_mark, atol=1e-5, rtol=0)
+    s.release([0])
+    while any(s.status[k] == RUNNING for k in outs):
+        r = s.decode_chunk()
+        for k in outs:
+            outs[k] += r.new_tokens(k)[0].tolist()
+    assert outs[2] == outs[1] and len(outs[2]) == 40 - 8 - 4
+    with pytest.raises(ValueError, match="rewind lengths"):
+        s.rewind([2], [int(s.lengths[2]) + 1], [0], [1])
+
+
+def test_topk_entropy_matches_reference(model):
+    cfg = CFG.replace(topk_entropy=10, chunk_size=4)
+    s = Sampler(model, cfg, num_slots=2, capacity=CAP, seed=0)
+    prompt = _prompt(np.random.default_rng(4), 5)
+    s.insert([0], [prompt], budgets=[4])
+    logits = s.next_logits([0])[0]
+    r = s.decode_chunk()
+    logp = logits - np.logaddexp.reduce(logits)
+    top = np.sort(logp)[::-1][:10]
+    np.testing.assert_allclose(r.topk_entropies[0, 0], -np.sum(np.exp(top) * top), rtol=1e-5)
+    assert r.topk_entropies[0, 0] < r.entropies[0, 0] + 1e-6
