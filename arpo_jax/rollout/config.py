@@ -1,0 +1,97 @@
+"""``RolloutConfig``: how trajectories are generated (policy, budgets, branching knobs)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from arpo_jax.algorithms.branching import BranchingConfig
+
+POLICIES = ("trajectory", "arpo", "arpo_release")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """Rollout policy and limits. Defaults are the paper runs (DESIGN.md §2).
+
+    policy: "trajectory" (GRPO: M independent samples per prompt), "arpo" (the paper's
+      entropy-based adaptive rollout: N initial samples, k look-ahead tokens after each tool
+      result, P = α + β·ΔH, fork Z branches from the post-observation state while the prompt
+      has fewer than M, parallel refill) or "arpo_release" (the released code's rule: top-k
+      entropy of the segment that ended with the tool call, branch iff clip(U − β·ΔH) <= τ,
+      serial refill).
+    total_rollouts (M), initial_rollouts (N), branches_per_source (Z), threshold (τ),
+      entropy_weight (β), base_probability (α), entropy_tokens (k), entropy_topk (release
+      entropy: top-k log-probs per token).
+    paper_decision: "threshold" (branch iff P > τ, as the paper states) or "stochastic"
+      (branch with probability P).
+    entropy_normalization: ΔH normalisation for "arpo" ("none", "log_vocab", "initial");
+      "arpo_release" always uses its own (entropies already divided by ln|V|).
+    stale_entropy_baseline: "arpo_release" only: reproduce the release's bug, an H_initial
+      table keyed by slot index and never reset between steps.
+    max_response_tokens: per-trajectory budget; tool-result tokens count against it.
+    max_tool_calls: calls per trajectory; a further call ends the trajectory
+      (``tool_limit_action`` "eos": append EOS as the release does, the format check then
+      fails; "stop": end it as it stands).
+    max_prompt_tokens: longer prompts are cut from the left (counted in the metrics).
+    num_slots: sampler slots (0: prompts per step × M). capacity: tokens per slot
+      (0: max_prompt_tokens + max_response_tokens + 1).
+    temperature / top_p / top_k: sampling (paper: 1.0 / 1.0 / off); greedy for validation.
+    chunk_size: tokens decoded per device call between host decisions.
+    deterministic: a tool result is appended exactly one decode chunk after its call was
+      submitted (waiting for it then if needed), so a rollout depends only on (params,
+      prompts, seed) — required for exact resume. False: results are appended as soon as they
+      arrive (more overlap when tools are slow; timing-dependent).
+    """
+
+    policy: Literal["trajectory", "arpo", "arpo_release"] = "arpo"
+    total_rollouts: int = 16
+    initial_rollouts: int = 8
+    branches_per_source: int = 1
+    threshold: float = 0.5
+    entropy_weight: float = 0.2
+    base_probability: float = 0.5
+    entropy_tokens: int = 20
+    entropy_topk: int = 10
+    paper_decision: Literal["threshold", "stochastic"] = "threshold"
+    entropy_normalization: Literal["none", "log_vocab", "initial"] = "none"
+    stale_entropy_baseline: bool = False
+    max_response_tokens: int = 4096
+    max_tool_calls: int = 3
+    tool_limit_action: Literal["eos", "stop"] = "eos"
+    max_prompt_tokens: int = 1536
+    num_slots: int = 0
+    capacity: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    greedy: bool = False
+    chunk_size: int = 32
+    deterministic: bool = True
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"rollout.policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.total_rollouts < 1:
+            raise ValueError(f"rollout.total_rollouts must be >= 1, got {self.total_rollouts}")
+        if self.policy != "trajectory" and not 1 <= self.initial_rollouts <= self.total_rollouts:
+            raise ValueError("rollout.initial_rollouts must be in [1, rollout.total_rollouts]")
+        if self.max_response_tokens < 1 or self.max_prompt_tokens < 1 or self.max_tool_calls < 0:
+            raise ValueError("rollout.max_response_tokens and max_prompt_tokens must be >= 1, max_tool_calls >= 0")
+        if self.stale_entropy_baseline and self.policy != "arpo_release":
+            raise ValueError("rollout.stale_entropy_baseline only applies to policy 'arpo_release'")
+        self.branching()  # validates the branching knobs
+
+    @property
+    def slot_capacity(self) -> int:
+        return self.capacity or self.max_prompt_tokens + self.max_response_tokens + 1
+
+    def branching(self) -> BranchingConfig:
+        """The ``BranchingConfig`` of the pure decision functions."""
+        rule = "release" if self.policy == "arpo_release" else f"paper_{self.paper_decision}"
+        return BranchingConfig(rule=rule, total_rollouts=self.total_rollouts,
+                               initial_rollouts=min(self.initial_rollouts, self.total_rollouts),
+                               branches_per_source=self.branches_per_source, threshold=self.threshold,
+                               entropy_weight=self.entropy_weight, base_probability=self.base_probability,
+                               entropy_tokens=self.entropy_tokens, entropy_topk=self.entropy_topk,
+                               entropy_normalization=self.entropy_normalization)

@@ -1,0 +1,379 @@
+"""The agent loop: sampler slots + host tools, with trajectory-level or ARPO branching.
+
+``RolloutEngine.run(prompts)`` drives one ``Sampler`` between chunks of on-device decoding:
+
+1. queued trajectories start in free slots (``insert``: prompt prefilled once);
+2. one ``decode_chunk`` advances every RUNNING slot; slots waiting for a tool ride along;
+3. a slot that stopped at a closing tool tag has its segment parsed and its call submitted to
+   the ``ToolDispatcher`` (a thread pool), and the loop goes on decoding the other slots;
+4. finished tool calls are appended (``append``: only the result's tokens are computed) and
+   their slots resume;
+5. branching (policy "arpo" / "arpo_release") forks slots (``fork``, + ``rewind`` for the
+   paper rule, which looks k tokens past a result before deciding to branch from the point
+   right after it); nothing is recomputed;
+6. a prompt whose trajectories have all ended below M gets fresh samples (paper: all missing
+   at once; release: one per round).
+
+Every decision is drawn from a ``numpy.random.Generator`` seeded by ``run(seed=...)``, and
+every slot's sampling key from it too, so a rollout is reproducible from (params, prompts,
+seed). See ``RolloutConfig`` for the knobs and DESIGN.md §1–2 for the two branching rules.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, deque
+from concurrent.futures import FIRST_COMPLETED, wait
+from typing import Sequence
+
+import numpy as np
+
+from arpo_jax.algorithms import branching as br
+from arpo_jax.rollout.config import RolloutConfig
+from arpo_jax.rollout.stats import rollout_stats
+from arpo_jax.rollout.trajectory import ToolRecord, Trajectory
+from arpo_jax.sampling import BUDGET, CAPACITY, EOS, RUNNING, STOP_STRING, Sampler, SamplingConfig
+from arpo_jax.tools import ParseError, ProtocolConfig, stop_sequences
+
+FINISH = {EOS: "eos", BUDGET: "budget", CAPACITY: "capacity"}
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>")
+
+
+def default_eos_ids(tokenizer) -> tuple[int, ...]:
+    """The tokenizer's EOS plus the end-of-turn tokens of the chat templates we know."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    vocab = tokenizer.get_vocab()
+    ids += [vocab[t] for t in END_OF_TURN_TOKENS if t in vocab]
+    return tuple(dict.fromkeys(int(i) for i in ids))
+
+
+class RolloutResult:
+    """Trajectories (uid order), per-decision branching records and rollout metrics."""
+
+    def __init__(self, trajectories: list[Trajectory], decisions: list[dict], stats: dict[str, float]):
+        self.trajectories, self.decisions, self.stats = trajectories, decisions, stats
+
+    def by_prompt(self) -> dict[int, list[Trajectory]]:
+        out: dict[int, list[Trajectory]] = {}
+        for t in self.trajectories:
+            out.setdefault(t.prompt_index, []).append(t)
+        return out
+
+
+class _Live:
+    """Host bookkeeping of one occupied slot."""
+
+    __slots__ = ("traj", "probe", "pending_call", "branch_after_append")
+
+    def __init__(self, traj: Trajectory):
+        self.traj = traj
+        self.probe = None  # paper rule: (cache length, pending token, budget, response pos) after a result
+        self.pending_call = None  # (future, tool, body, entropy before, decode round) while a tool runs
+        self.branch_after_append = 0  # release rule: branches granted at the call, forked after the result
+
+
+class RolloutEngine:
+    """Runs the agent loop for batches of prompts on one sampler (see the module docstring).
+
+    model: the policy (``Transformer``); tokenizer: its HF tokenizer; dispatcher: a
+    ``ToolDispatcher``; num_prompts: prompts per ``run`` (sizes the slots: num_prompts × M
+    unless ``cfg.num_slots``); mesh: slots and parameters sharded on it.
+    """
+
+    def __init__(self, model, tokenizer, dispatcher, cfg: RolloutConfig, *, protocol: ProtocolConfig | None = None,
+                 mesh=None, num_prompts: int = 1, seed: int = 0, eos_ids: Sequence[int] | None = None,
+                 cache_dtype=None, tok_bytes=None):
+        self.cfg, self.tokenizer, self.dispatcher = cfg, tokenizer, dispatcher
+        self.protocol = protocol or getattr(dispatcher, "protocol", None) or ProtocolConfig()
+        self.stops = stop_sequences(self.protocol)
+        self.eos_ids = tuple(eos_ids) if eos_ids else default_eos_ids(tokenizer)
+        if not self.eos_ids:
+            raise ValueError("the tokenizer has no EOS token; pass eos_ids")
+        self.vocab_size = len(tokenizer)
+        release = cfg.policy == "arpo_release"
+        scfg = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, greedy=cfg.greedy,
+                              max_new_tokens=cfg.max_response_tokens, stop_strings=self.stops, eos_ids=self.eos_ids,
+                              vocab_size=min(self.vocab_size, model.cfg.vocab_size), chunk_size=cfg.chunk_size,
+                              topk_entropy=cfg.entropy_topk if release else 0)
+        self.num_slots = cfg.num_slots or num_prompts * cfg.total_rollouts
+        self.sampler = Sampler(model, scfg, num_slots=self.num_slots, capacity=cfg.slot_capacity, tokenizer=tokenizer,
+                               tok_bytes=tok_bytes, mesh=mesh, seed=seed, cache_dtype=cache_dtype)
+        self.branching = cfg.branching()
+        self._stale_initial: dict[int, float] = {}  # release bug: H_initial keyed by slot, never reset
+
+    def update_params(self, model_or_params) -> None:
+        """New policy weights for the next ``run`` (same shapes and shardings)."""
+        self.sampler.update_params(model_or_params)
+
+    # ------------------------------------------------------------------------ entropies
+    def _segment_entropy(self, traj: Trajectory, start: int, end: int) -> float:
+        """H of a segment: paper — mean exact entropy of its first k model tokens; release —
+        top-k entropies of its first k tokens summed and divided by ln|V|."""
+        k = self.cfg.entropy_tokens
+        m = np.asarray(traj.mask[start:end], bool)
+        if self.cfg.policy == "arpo_release":
+            vals = np.asarray(traj.topk_entropies[start:end])[m][:k]
+            return float(vals.sum() / math.log(self.vocab_size))
+        vals = np.asarray(traj.entropies[start:end])[m][:k]
+        return float(vals.mean()) if len(vals) else 0.0
+
+    def _delta(self, h: float, h0: float) -> float:
+        if self.cfg.policy == "arpo_release":
+            return h - h0
+        return float(br.entropy_delta(np.float32(h), np.float32(h0), self.cfg.entropy_normalization,
+                                      self.vocab_size))
+
+    def _decide(self, traj: Trajectory, h: float, slot: int) -> dict:
+        """One branching decision for ``traj`` at segment entropy ``h`` (not yet granted)."""
+        h0 = traj.initial_entropy if traj.initial_entropy is not None else h
+        if self.cfg.stale_entropy_baseline:
+            h0 = self._stale_initial.get(slot, h0)
+        d = self._delta(h, h0)
+        b = self.branching
+        u = float(self._rng.random())
+        if b.rule == "release":
+            prob = float(br.release_branch_probability(np.float32(d), b.entropy_weight, b.threshold))
+            branch = bool(br.release_branch_decisions(np.float32(u), np.float32(d), b.entropy_weight, b.threshold))
+        else:
+            prob = float(br.paper_branch_probability(np.float32(d), b.base_probability, b.entropy_weight))
+            branch = prob > b.threshold if b.rule == "paper_threshold" else u < prob
+        return dict(prompt_index=traj.prompt_index, uid=traj.uid, position=len(traj.tokens), entropy=h, initial_entropy=h0, delta_h=d,
+                    probability=prob, uniform=u, branch=branch, granted=0)
+
+    def _grant(self, decision: dict) -> int:
+        p = decision["prompt_index"]
+        if not decision["branch"]:
+            return 0
+        granted = max(0, min(self.branching.branches_per_source, self.cfg.total_rollouts - self._count[p],
+                             len(self._free_slots())))
+        decision["granted"] = granted
+        self._count[p] += granted
+        return granted
+
+    # --------------------------------------------------------------------------- slots
+    def _free_slots(self) -> list[int]:
+        return [s for s in range(self.num_slots) if s not in self._live]
+
+    def _new_traj(self, p: int) -> Trajectory:
+        t = Trajectory(prompt_index=p, uid=len(self._trajs), prompt_tokens=self._prompts[p])
+        self._trajs.append(t)
+        return t
+
+    def _start(self) -> None:
+        free = self._free_slots()[: len(self._queue)]
+        if not free:
+            return
+        trajs = [self._new_traj(self._queue.popleft()) for _ in free]
+        keys = self._rng.integers(0, 2**32, (len(free), 2), dtype=np.uint32)
+        self.sampler.insert(free, [t.prompt_tokens for t in trajs], budgets=[self.cfg.max_response_tokens] * len(free),
+                            keys=list(keys))
+        for s, t in zip(free, trajs):
+            self._live[s] = _Live(t)
+
+    def _fork(self, slot: int, n: int, rewind_to=None) -> None:
+        """``n`` branches of ``slot``'s trajectory: forked at the response position of
+        ``rewind_to`` (paper: the point right after a result) or at the current one."""
+        parent = self._live[slot].traj
+        children = self._free_slots()[:n]
+        self._count[parent.prompt_index] -= n - len(children)  # only with cfg.num_slots < prompts × M
+        if not children:
+            return
+        n = len(children)
+        self.sampler.fork(slot, children)
+        upto = len(parent.tokens)
+        if rewind_to is not None:
+            length, pending, budget, upto = rewind_to
+            self.sampler.rewind(children, [length] * n, [pending] * n, [budget] * n)
+        for c in children:
+            child = parent.branch(len(self._trajs), upto)
+            self._trajs.append(child)
+            self._live[c] = _Live(child)
+
+    def _finish(self, slot: int, reason: str) -> None:
+        live = self._live.pop(slot)
+        live.traj.finish_reason = reason
+        self.sampler.release([slot])
+
+    # ---------------------------------------------------------------------------- loop
+    def run(self, prompts: Sequence[Sequence[int]], *, seed: int = 0) -> RolloutResult:
+        """Rolls out ``prompts`` (token ids; longer than ``max_prompt_tokens`` are cut from the
+        left): M trajectories each. Returns a ``RolloutResult``."""
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        self._rng = np.random.default_rng(seed)
+        cut = [len(p) > cfg.max_prompt_tokens for p in prompts]
+        self._prompts = [list(p[-cfg.max_prompt_tokens:]) for p in prompts]
+        if any(len(p) == 0 for p in self._prompts):
+            raise ValueError("empty prompt")
+        self._trajs, self._live, self.decisions, self._round = [], {}, [], 0
+        first = cfg.total_rollouts if cfg.policy == "trajectory" else cfg.initial_rollouts
+        self._count = [first] * len(prompts)
+        self._queue = deque(p for p in range(len(prompts)) for _ in range(first))
+        before = dict(self.sampler.stats)
+        timing = Counter()
+        while self._queue or self._live:
+            self._start()
+            t0 = time.perf_counter()
+            self._collect_tools(block=not any(self.sampler.status[s] == RUNNING for s in self._live))
+            timing["tools_wait_s"] += time.perf_counter() - t0
+            if any(self.sampler.status[s] == RUNNING for s in self._live):
+                t0 = time.perf_counter()
+                res = self.sampler.decode_chunk()
+                self._round += 1
+                timing["generate_s"] += time.perf_counter() - t0
+                self._consume(res)
+            self._refill()
+        k = cfg.entropy_tokens
+        for t in self._trajs:
+            t.text = self._decode(t.tokens)
+            for c in t.tool_calls:  # mean entropy of the first k model tokens after each result
+                if c.entropy_after != c.entropy_after:
+                    after = np.asarray(t.entropies[c.end:])[np.asarray(t.mask[c.end:], bool)][:k]
+                    c.entropy_after = float(after.mean()) if after.size else float("nan")
+        timing["total_s"] = time.perf_counter() - t_start
+        sampler_delta = {k: self.sampler.stats[k] - before[k] for k in before}
+        stats = rollout_stats(self._trajs, self.decisions, timing, sampler_delta, len(prompts), sum(cut))
+        return RolloutResult(self._trajs, self.decisions, stats)
+
+    def _decode(self, tokens: Sequence[int]) -> str:
+        text = self.tokenizer.decode(list(tokens), skip_special_tokens=False)
+        eos_texts = [self.tokenizer.convert_ids_to_tokens(i) for i in self.eos_ids]
+        for e in eos_texts:
+            if e and text.endswith(e):
+                text = text[: -len(e)]
+        return text
+
+    def _consume(self, res) -> None:
+        """Adds a chunk's tokens to the trajectories and acts on every slot that stopped."""
+        for slot in list(self._live):
+            live = self._live[slot]
+            if live.pending_call is not None:  # waiting for its tool: did not decode
+                continue
+            traj = live.traj
+            n = int(res.num_new[slot])
+            if n:
+                toks, lps, ents = res.new_tokens(slot)
+                topk = res.topk_entropies[slot, :n] if res.topk_entropies is not None else None
+                traj.add_model_tokens(toks, lps, ents, topk)
+            status = int(res.status[slot])
+            if traj.initial_entropy is None and (traj.num_model_tokens >= self.cfg.entropy_tokens or status != RUNNING):
+                self._set_initial_entropy(traj, slot)
+            if live.probe is not None:
+                seg = live.probe[3]
+                if np.sum(traj.mask[seg:]) >= self.cfg.entropy_tokens or status != RUNNING:
+                    self._probe(slot, live)
+            if status == RUNNING:
+                continue
+            if status == STOP_STRING:
+                self._tool_call(slot, live, int(res.stop_index[slot]))
+            else:
+                self._finish(slot, FINISH.get(status, "stop"))
+
+    def _set_initial_entropy(self, traj: Trajectory, slot: int) -> None:
+        traj.initial_entropy = self._segment_entropy(traj, 0, len(traj.tokens))
+        if self.cfg.stale_entropy_baseline:
+            self._stale_initial.setdefault(slot, traj.initial_entropy)
+
+    def _probe(self, slot: int, live: _Live) -> None:
+        """Paper rule: k tokens after a result are in; decide whether to branch from the point
+        right after the result."""
+        mark, live.probe = live.probe, None
+        traj = live.traj
+        h = self._segment_entropy(traj, mark[3], len(traj.tokens))
+        if self._count[traj.prompt_index] >= self.cfg.total_rollouts:
+            return
+        decision = self._decide(traj, h, slot)
+        self.decisions.append(decision)
+        granted = self._grant(decision)
+        if granted:
+            self._fork(slot, granted, rewind_to=mark)
+
+    def _tool_call(self, slot: int, live: _Live, stop_index: int) -> None:
+        traj = live.traj
+        if traj.num_tool_calls >= self.cfg.max_tool_calls:
+            if self.cfg.tool_limit_action == "eos":
+                traj.add_inserted_tokens([self.eos_ids[0]])
+            self._finish(slot, "tool_limit")
+            return
+        start = traj.segment_start()
+        seg_text = self._decode(traj.tokens[start:])
+        stop = self.stops[stop_index] if 0 <= stop_index < len(self.stops) else None
+        call = self.dispatcher.parse(seg_text, stop=stop)
+        if call is None:
+            call = ParseError("no_call", "Error: no complete tool call was found before the closing tag.")
+        m = np.asarray(traj.mask[start:], bool)
+        before = float(np.asarray(traj.entropies[start:])[m][-self.cfg.entropy_tokens:].mean()) if m.any() else 0.0
+        live.pending_call = (self.dispatcher.submit(call), getattr(call, "tool", "") or "", getattr(call, "body", ""),
+                             before, self._round)
+        if self.cfg.policy == "arpo_release" and self._count[traj.prompt_index] < self.cfg.total_rollouts:
+            decision = self._decide(traj, self._segment_entropy(traj, start, len(traj.tokens)), slot)
+            self.decisions.append(decision)
+            live.branch_after_append = self._grant(decision)
+
+    def _collect_tools(self, block: bool) -> None:
+        """Appends every finished tool result (blocking for one when nothing else can run)."""
+        pending = {s: l for s, l in self._live.items() if l.pending_call is not None}
+        if not pending:
+            return
+        if self.cfg.deterministic:  # due: submitted before the last chunk (all, when nothing else can run)
+            ready = sorted(s for s, l in pending.items() if block or l.pending_call[4] < self._round)
+            wait([pending[s].pending_call[0] for s in ready])
+        else:
+            if block:
+                wait([l.pending_call[0] for l in pending.values()], return_when=FIRST_COMPLETED)
+            ready = sorted(s for s, l in pending.items() if l.pending_call[0].done())
+        slots, spans = [], []
+        for s in ready:
+            live = self._live[s]
+            fut, tool, body, before, _ = live.pending_call
+            live.pending_call = None
+            obs = fut.result()
+            ids = self.tokenizer.encode(obs.text, add_special_tokens=False)
+            room = min(self.sampler.room(s), int(self.sampler.budget[s]))
+            ids = ids[:room]
+            traj = live.traj
+            rec = ToolRecord(tool=obs.tool or tool, body=body, status=obs.status, ok=obs.ok,
+                             latency_s=float(obs.latency_s), start=len(traj.tokens), end=len(traj.tokens) + len(ids),
+                             entropy_before=before)
+            traj.tool_calls.append(rec)
+            if not ids:
+                self._release_grant(live)
+                self._finish(s, "budget")
+                continue
+            traj.obs_spans.append(traj.add_inserted_tokens(ids))
+            slots.append(s)
+            spans.append(ids)
+        if not slots:
+            return
+        self.sampler.append(slots, spans)
+        for s, ids in zip(slots, spans):
+            live = self._live[s]
+            if self.sampler.status[s] != RUNNING:  # the result used up the budget
+                self._release_grant(live)
+                self._finish(s, "budget")
+                continue
+            if self.cfg.policy == "arpo":
+                live.probe = (int(self.sampler.lengths[s]), ids[-1], int(self.sampler.budget[s]), len(live.traj.tokens))
+            elif live.branch_after_append:
+                n, live.branch_after_append = live.branch_after_append, 0
+                self._fork(s, n)
+
+    def _release_grant(self, live: _Live) -> None:
+        """A granted branch that cannot happen (the source ended) gives its budget back."""
+        if live.branch_after_append:
+            self._count[live.traj.prompt_index] -= live.branch_after_append
+            live.branch_after_append = 0
+
+    def _refill(self) -> None:
+        """Prompts whose trajectories all ended below M get fresh samples (paper: all missing
+        ones at once; release: one per round)."""
+        if self.cfg.policy == "trajectory":
+            return
+        active = Counter(l.traj.prompt_index for l in self._live.values())
+        queued = Counter(self._queue)
+        for p, n in enumerate(self._count):
+            if n < self.cfg.total_rollouts and not active[p] and not queued[p]:
+                add = 1 if self.cfg.policy == "arpo_release" else self.cfg.total_rollouts - n
+                self._count[p] += add
+                self._queue.extend([p] * add)

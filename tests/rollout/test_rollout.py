@@ -1,0 +1,160 @@
+"""The agent loop with real tools on a scripted stochastic model: budgets, masks, shared
+prefixes, the paper and release branching rules, tool limits, determinism."""
+
+import math
+
+import numpy as np
+import pytest
+
+from arpo_jax.rollout import RolloutConfig, RolloutEngine, tree_arrays
+from arpo_jax.tools import PythonToolConfig, ToolDispatcher
+from arpo_jax.training.update import sequence_logprobs
+from tests.rollout.scripted import build_model, build_tokenizer, prompt_ids
+
+import jax.numpy as jnp
+
+P = 4
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tok = build_tokenizer()
+    model, _ = build_model(tok)
+    disp = ToolDispatcher.from_configs(python=PythonToolConfig(timeout_s=20))
+    yield tok, model, disp
+    disp.close()
+
+
+def _engine(setup, **kw):
+    tok, model, disp = setup
+    base = dict(total_rollouts=8, initial_rollouts=2, max_response_tokens=48, max_prompt_tokens=8, chunk_size=8,
+                max_tool_calls=3, entropy_tokens=3)
+    base.update(kw)
+    return RolloutEngine(model, tok, disp, RolloutConfig(**base), num_prompts=P, seed=0)
+
+
+def _check_structure(res, tok, m, num_prompts=P):
+    trajs = res.trajectories
+    counts = np.bincount([t.prompt_index for t in trajs], minlength=num_prompts)
+    assert np.all(counts == m)  # exactly M per prompt: never more, refilled when short
+    obs_text = " <result>\n42\n</result>"
+    for t in trajs:
+        a = t.arrays()
+        assert len(a["tokens"]) == len(a["mask"]) == len(a["logprobs"]) == len(a["entropies"])
+        inside = np.zeros(len(a["tokens"]), bool)
+        for s, e in t.obs_spans:
+            inside[s:e] = True
+            assert tok.decode(a["tokens"][s:e].tolist()) == obs_text  # the real sandboxed tool answered
+        eos_inserted = t.finish_reason == "tool_limit"
+        model_tok = ~inside
+        if eos_inserted:
+            model_tok[-1] = False
+        assert np.all(a["mask"][inside] == 0) and np.all(a["mask"][model_tok] == 1)
+        assert np.all(a["logprobs"][a["mask"] == 0] == 0) and np.all(a["logprobs"][a["mask"] == 1] <= 0)
+        if t.parent >= 0:
+            parent = trajs[t.parent]
+            assert t.tokens[: t.branch_pos] == parent.tokens[: t.branch_pos]  # shared prefix, exactly
+            assert t.mask[: t.branch_pos] == parent.mask[: t.branch_pos]
+            assert t.logprobs[: t.branch_pos] == parent.logprobs[: t.branch_pos]
+            assert parent.prompt_index == t.prompt_index and t.depth == parent.depth + 1
+            assert any(e == t.branch_pos for _, e in parent.obs_spans)  # forked right after a tool result
+    parent, branch_pos = tree_arrays(trajs)
+    from arpo_jax.algorithms import validate_tree
+
+    validate_tree(parent, branch_pos, group_ids=np.asarray([t.prompt_index for t in trajs]),
+                  lengths=np.asarray([len(t.tokens) for t in trajs]))
+
+
+@pytest.mark.parametrize("policy", ["trajectory", "arpo", "arpo_release"])
+def test_rollout_structure_masks_and_shared_prefixes(setup, policy):
+    tok, model, _ = setup
+    eng = _engine(setup, policy=policy)
+    res = eng.run([prompt_ids(tok)] * P, seed=3)
+    _check_structure(res, tok, 8)
+    if policy != "trajectory":
+        assert res.stats["rollout/branches_per_prompt"] > 0 and res.decisions
+    # the sampler's log-probs are what the trainer computes for the same sequences
+    for t in res.trajectories[:6]:
+        seq = jnp.asarray([t.prompt_tokens + t.tokens], jnp.int32)
+        lp, ent = sequence_logprobs(model, seq, jnp.ones_like(seq), vocab_size=len(tok))
+        p = len(t.prompt_tokens)
+        m = np.asarray(t.mask, bool)
+        np.testing.assert_allclose(np.asarray(lp)[0, p:][m], np.asarray(t.logprobs)[m], atol=2e-4)
+        np.testing.assert_allclose(np.asarray(ent)[0, p:][m], np.asarray(t.entropies)[m], atol=2e-4)
+    # determinism: same seed, same rollout
+    again = eng.run([prompt_ids(tok)] * P, seed=3)
+    assert [t.tokens for t in again.trajectories] == [t.tokens for t in res.trajectories]
+
+
+def test_paper_rule_branch_rate_follows_alpha_plus_beta_delta_h(setup):
+    """Stochastic reading of the paper rule: measured ΔH (recomputed here from the trajectory's
+    entropies) maps to P = clip(α + β·ΔH) and branches happen at rate P (binomial z-test)."""
+    tok, _, _ = setup
+    alpha, beta, k = 0.35, 0.6, 3
+    eng = _engine(setup, policy="arpo", paper_decision="stochastic", base_probability=alpha, entropy_weight=beta,
+                  total_rollouts=16, initial_rollouts=2, entropy_tokens=k, num_slots=16 * 16)
+    decisions, probs = [], []
+    for seed in range(4):
+        res = eng.run([prompt_ids(tok)] * 16, seed=seed)
+        by_uid = {t.uid: t for t in res.trajectories}
+        for d in res.decisions:
+            t = by_uid[d["uid"]]
+            ents = np.asarray(t.entropies)[np.asarray(t.mask, bool)]
+            assert math.isclose(d["initial_entropy"], ents[:k].mean(), rel_tol=1e-5, abs_tol=1e-6)
+            p = float(np.clip(alpha + beta * (d["entropy"] - d["initial_entropy"]), 0, 1))
+            assert math.isclose(d["probability"], p, abs_tol=1e-5)
+            decisions.append(d["branch"])
+            probs.append(p)
+        _check_structure(res, tok, 16, 16)
+    decisions, probs = np.asarray(decisions, float), np.asarray(probs)
+    assert len(decisions) >= 120 and probs.std() > 0.05  # many decisions at varied probabilities
+    z = (decisions.sum() - probs.sum()) / math.sqrt((probs * (1 - probs)).sum())
+    assert abs(z) < 4, z
+    hi, lo = probs > np.median(probs), probs <= np.median(probs)
+    assert decisions[hi].mean() > decisions[lo].mean()
+
+
+def test_release_rule_reproduced_on_recorded_entropies(setup):
+    """arpo_release: H = Σ top-10 entropies of the first 20 tokens of the segment that ended
+    with the tool call / ln|V|; branch iff clip(U − β·ΔH, 0, 1) <= τ."""
+    tok, _, _ = setup
+    eng = _engine(setup, policy="arpo_release", entropy_tokens=20, entropy_weight=0.2, threshold=0.5)
+    res = eng.run([prompt_ids(tok)] * P, seed=11)
+    by_uid = {t.uid: t for t in res.trajectories}
+    assert res.decisions
+    for d in res.decisions:
+        t = by_uid[d["uid"]]
+        root = t
+        while root.parent >= 0:
+            root = by_uid[root.parent]
+        first = root.obs_spans[0][0] if root.obs_spans else len(root.tokens)  # the initial generation
+        assert math.isclose(d["initial_entropy"], sum(root.topk_entropies[:first][:20]) / math.log(len(tok)),
+                            rel_tol=1e-5, abs_tol=1e-7)
+        start = max([0] + [e for _, e in t.obs_spans if e <= d["position"]])  # the segment ending in the call
+        seg = np.asarray(t.topk_entropies[start:d["position"]])[np.asarray(t.mask[start:d["position"]], bool)]
+        assert math.isclose(d["entropy"], seg[:20].sum() / math.log(len(tok)), rel_tol=1e-5, abs_tol=1e-7)
+        branch = min(max(d["uniform"] - 0.2 * d["delta_h"], 0.0), 1.0) <= 0.5
+        assert branch == d["branch"]
+    _check_structure(res, tok, 8)
+
+
+def test_stale_baseline_keeps_the_first_value_per_slot(setup):
+    tok, _, _ = setup
+    eng = _engine(setup, policy="arpo_release", stale_entropy_baseline=True)
+    eng.run([prompt_ids(tok)] * P, seed=1)
+    table = dict(eng._stale_initial)
+    res = eng.run([prompt_ids(tok)] * P, seed=2)
+    assert table and eng._stale_initial == table  # never reset or updated
+    assert all(d["initial_entropy"] in table.values() for d in res.decisions)
+
+
+def test_tool_limit_ends_the_trajectory_with_eos(setup):
+    tok, _, _ = setup
+    eng = _engine(setup, policy="trajectory", max_tool_calls=1, total_rollouts=16)
+    res = eng.run([prompt_ids(tok)] * P, seed=0)
+    limited = [t for t in res.trajectories if t.finish_reason == "tool_limit"]
+    assert limited
+    for t in limited:
+        assert t.num_tool_calls == 1 and t.tokens[-1] == tok.eos_token_id and t.mask[-1] == 0
+        assert t.text.rstrip().endswith("</python>")
+    assert all(t.num_tool_calls <= 1 for t in res.trajectories)
