@@ -107,16 +107,29 @@ def cmd_demo(args) -> int:
 
 def cmd_sft(args) -> int:
     """Supervised fine-tuning (cold start); exit 0 finished, preempt_exit_code on SIGTERM, 3 diverged."""
-    from arpo_jax.config import load_config
-    from arpo_jax.training.distributed import initialize_from_env
     from arpo_jax.training.sft import SFTConfig, run_sft
+
+    return _run_training(SFTConfig, run_sft, args)
+
+
+def cmd_train(args) -> int:
+    """RL training (GRPO / ARPO); exit 0 finished, preempt_exit_code on SIGTERM, 3 diverged."""
+    from arpo_jax.training.rl import run_train
+    from arpo_jax.training.rl_config import RLConfig
+
+    return _run_training(RLConfig, run_train, args)
+
+
+def _run_training(config_cls, run_fn, args) -> int:
+    from arpo_jax.config import load_config
     from arpo_jax.training.checkpoint import NoValidCheckpointError
+    from arpo_jax.training.distributed import initialize_from_env
     from arpo_jax.training.signals import TrainingDiverged
 
-    cfg = load_config(SFTConfig, args.config, args.overrides)
+    cfg = load_config(config_cls, args.config, args.overrides)
     initialize_from_env()
     try:
-        summary = run_sft(cfg)
+        summary = run_fn(cfg)
     except NoValidCheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -125,6 +138,34 @@ def cmd_sft(args) -> int:
         return 3
     print(json.dumps(summary, default=str))
     return cfg.train.preempt_exit_code if summary["status"] == "preempted" else 0
+
+
+def cmd_eval(args) -> int:
+    """pass@k evaluation with the agent loop (see arpo_jax/eval/runner.py)."""
+    from arpo_jax.config import load_config
+    from arpo_jax.eval.runner import EvalConfig, run_eval
+
+    report = run_eval(load_config(EvalConfig, args.config, args.overrides))
+    print(Path(report["files"]["markdown"]).read_text(), end="")
+    print(json.dumps(report["files"]))
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    """Analyses of rollout dumps (``analyze entropy``: entropy around tool calls)."""
+    from arpo_jax.eval.entropy import analyze_entropy
+
+    result = analyze_entropy(args.paths, args.out, window=args.window, clip_segments=not args.no_clip)
+    print(json.dumps({"trajectories": result["trajectories"], "anchors": result["after_result"]["anchors"],
+                      "overall_mean": result["overall_mean"], **result["files"]}))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    """Per-device memory plan of an RL config; exit 1 when it does not fit."""
+    from arpo_jax.training.plan import run_plan_command
+
+    return run_plan_command(args)
 
 
 BENCHES = {"sampler": "arpo_jax.sampling.bench"}
@@ -150,10 +191,41 @@ def build_parser(with_benches: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output directory")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("train", help="RL training: GRPO or ARPO rollouts with tools, optax update")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("sft", help="supervised fine-tuning on multi-turn tool traces (cold start)")
     p.add_argument("config", help="YAML config (see configs/sft_example.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
     p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("eval", help="pass@k evaluation on eval sets (Markdown + JSON + entropy plot)")
+    p.add_argument("config", help="YAML config (see configs/eval_example.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.samples=8")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("analyze", help="analyse rollout dumps")
+    analyze_sub = p.add_subparsers(dest="analysis", required=True)
+    ap = analyze_sub.add_parser("entropy", help="mean token entropy around tool calls and results")
+    ap.add_argument("paths", nargs="+", help="dump JSONL files or directories (searched for *.jsonl)")
+    ap.add_argument("--out", required=True, help="output directory (entropy_around_tools.json/.png)")
+    ap.add_argument("--window", type=int, default=30, help="positions -W..+W around each anchor")
+    ap.add_argument("--no-clip", action="store_true", help="let windows cross into neighbouring segments")
+    ap.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("plan", help="per-device memory of an RL config on a mesh (exit 1 if it does not fit)")
+    p.add_argument("config", help="RL YAML config (see configs/README.md)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.mesh=[1,4,1]")
+    p.add_argument("--devices", type=int, help="devices of the mesh (default: this machine's)")
+    p.add_argument("--device", help="device kind: v5p, v5e, v6e, v4, h100, h200 (sets the memory)")
+    p.add_argument("--device-memory-gib", type=float, help="memory per device in GiB (overrides --device)")
+    p.add_argument("--usable-fraction", type=float, default=0.9, help="share of it the plan may use")
+    p.add_argument("--preset", help="model preset instead of model.path's config")
+    p.add_argument("--logits-chunk", type=int, help="time chunk of the update's logits (0 = none)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("bench", help="run a benchmark (writes JSON)")
     bench_sub = p.add_subparsers(dest="bench_name", required=True)

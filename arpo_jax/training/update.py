@@ -66,6 +66,7 @@ class PolicyBatch:
     loss_mask: 1 on model-generated tokens (incl. closing tool tags and EOS), else 0.
     old_logprobs: behaviour-policy log-probs of each token (0 where loss_mask is 0).
     advantages: per-token advantages. token_weights: e.g. 1/multiplicity (hard attribution).
+    ref_logprobs: frozen reference policy log-probs (used only when the loss has a KL term).
     """
 
     tokens: jax.Array
@@ -74,27 +75,52 @@ class PolicyBatch:
     old_logprobs: jax.Array
     advantages: jax.Array
     token_weights: jax.Array
+    ref_logprobs: jax.Array
 
 
-def make_policy_batch(tokens, attention_mask, loss_mask, old_logprobs, advantages, token_weights=None) -> PolicyBatch:
-    """Builds a PolicyBatch with the right dtypes (weights default to 1)."""
+def make_policy_batch(tokens, attention_mask, loss_mask, old_logprobs, advantages, token_weights=None,
+                      ref_logprobs=None) -> PolicyBatch:
+    """Builds a PolicyBatch with the right dtypes (weights default to 1, reference to 0)."""
     tokens = jnp.asarray(tokens, jnp.int32)
     if token_weights is None:
         token_weights = jnp.ones(tokens.shape, jnp.float32)
+    if ref_logprobs is None:
+        ref_logprobs = jnp.zeros(tokens.shape, jnp.float32)
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     return PolicyBatch(tokens, jnp.asarray(attention_mask, jnp.int32), f32(loss_mask), f32(old_logprobs),
-                       f32(advantages), f32(token_weights))
+                       f32(advantages), f32(token_weights), f32(ref_logprobs))
 
 
-def sequence_logprobs(model, tokens: jax.Array, attention_mask: jax.Array, temperature: float = 1.0):
+def sequence_logprobs(model, tokens: jax.Array, attention_mask: jax.Array, temperature: float = 1.0,
+                      vocab_size: int | None = None, logits_chunk: int = 0):
     """Per-token log-probs and entropies [B, T] of ``tokens`` under ``model`` (index 0 → 0).
 
     Value t is log p(tokens[t] | tokens[:t]) at ``temperature``, the quantity the sampler
-    records while generating.
+    records while generating: logits of ids >= ``vocab_size`` (embedding rows beyond the
+    tokenizer) are masked as the sampler masks them. ``logits_chunk`` > 0 computes the
+    [B, chunk, V] logits one time-chunk at a time under ``jax.checkpoint`` (recomputed in the
+    backward pass), so [B, T, V] logits are never materialised for long sequences.
     """
-    logits = model(tokens, attention_mask=attention_mask)  # [B, T, V]
-    logprobs, entropy = token_logprobs_and_entropy(logits[:, :-1], tokens[:, 1:], temperature)
-    pad = jnp.zeros((tokens.shape[0], 1), jnp.float32)
+    hidden = model(tokens, attention_mask=attention_mask, return_hidden=True)[:, :-1]  # [B, T-1, D]
+    targets = tokens[:, 1:]  # [B, T-1]
+
+    def score(h, y):  # [B, C, D], [B, C] -> ([B, C], [B, C])
+        logits = model.logits(h)
+        if vocab_size is not None and vocab_size < logits.shape[-1]:
+            logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
+        return token_logprobs_and_entropy(logits, y, temperature)
+
+    b, t1 = targets.shape
+    if logits_chunk and t1 > logits_chunk:
+        n = -(-t1 // logits_chunk)
+        pad = n * logits_chunk - t1
+        h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, n, logits_chunk, -1).swapaxes(0, 1)
+        y = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, n, logits_chunk).swapaxes(0, 1)
+        lp, ent = jax.lax.map(jax.checkpoint(lambda xs: score(*xs)), (h, y))  # [n, B, C]
+        logprobs, entropy = (v.swapaxes(0, 1).reshape(b, -1)[:, :t1] for v in (lp, ent))
+    else:
+        logprobs, entropy = score(hidden, targets)
+    pad = jnp.zeros((b, 1), jnp.float32)
     return jnp.concatenate([pad, logprobs], 1), jnp.concatenate([pad, entropy], 1)
 
 
@@ -105,24 +131,37 @@ def _split_micro(batch: PolicyBatch, num_micro: int) -> PolicyBatch:
     return jax.tree.map(lambda x: x.reshape((num_micro, b // num_micro) + x.shape[1:]), batch)
 
 
-def policy_loss_fn(graphdef, loss_cfg: PolicyLossConfig, temperature: float):
+def policy_loss_fn(graphdef, loss_cfg: PolicyLossConfig, temperature: float, vocab_size: int | None = None,
+                   logits_chunk: int = 0):
     """(params, micro_batch) → PolicyLossOutput for ``accumulate_gradients``."""
 
     def loss_fn(params, mb: PolicyBatch):
         model = nnx.merge(graphdef, params)
-        logprobs, entropy = sequence_logprobs(model, mb.tokens, mb.attention_mask, temperature)
-        return policy_loss(logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, loss_cfg,
+        logprobs, entropy = sequence_logprobs(model, mb.tokens, mb.attention_mask, temperature, vocab_size,
+                                              logits_chunk)
+        ref = mb.ref_logprobs if loss_cfg.kl_coef else None
+        return policy_loss(logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, loss_cfg, ref_logprobs=ref,
                            entropy=entropy, token_weights=mb.token_weights)
 
     return loss_fn
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "optimizer", "loss_cfg", "temperature", "num_micro"),
+@functools.partial(jax.jit, static_argnames=("graphdef", "optimizer", "loss_cfg", "temperature", "num_micro",
+                                             "vocab_size", "logits_chunk"),
                    donate_argnames=("params", "opt_state"))
-def update(params, opt_state, batch: PolicyBatch, *, graphdef, optimizer, loss_cfg: PolicyLossConfig,
-           temperature: float = 1.0, num_micro: int = 1):
-    """One optimizer step on ``batch`` → (params, opt_state, metrics). Non-finite → skipped."""
-    loss_fn = policy_loss_fn(graphdef, loss_cfg, temperature)
+def update(params, opt_state, batch: PolicyBatch, loss_scale=None, *, graphdef, optimizer,
+           loss_cfg: PolicyLossConfig, temperature: float = 1.0, num_micro: int = 1, vocab_size: int | None = None,
+           logits_chunk: int = 0):
+    """One optimizer step on ``batch`` → (params, opt_state, metrics). Non-finite → skipped.
+
+    loss_scale: optional float32 [] multiplying the loss (NaN only to test the safety path).
+    """
+    base_fn = policy_loss_fn(graphdef, loss_cfg, temperature, vocab_size, logits_chunk)
+
+    def loss_fn(p, mb):
+        out = base_fn(p, mb)
+        return out if loss_scale is None else out._replace(loss_sum=out.loss_sum * loss_scale)
+
     grads, out = accumulate_gradients(loss_fn, params, _split_micro(batch, num_micro))
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(out.loss_sum) & jnp.isfinite(grad_norm)
@@ -136,21 +175,45 @@ def update(params, opt_state, batch: PolicyBatch, *, graphdef, optimizer, loss_c
     return params, opt_state, metrics
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "temperature", "vocab_size", "logits_chunk"))
+def score_tokens(params, tokens, attention_mask, *, graphdef, temperature: float = 1.0, vocab_size: int | None = None,
+                 logits_chunk: int = 0):
+    """(log-probs, entropies) [B, T] of ``tokens`` under ``params`` (old-log-prob recompute,
+    frozen-reference scoring)."""
+    return sequence_logprobs(nnx.merge(graphdef, params), tokens, attention_mask, temperature, vocab_size,
+                             logits_chunk)
+
+
+@functools.lru_cache(maxsize=16)
+def cached_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+    """``make_optimizer``, memoised: equal configs give the same object, so jitted steps that
+    take the optimizer as a static argument do not recompile for each trainer in a process."""
+    return make_optimizer(cfg)
+
+
 class PolicyTrainer:
     """Holds (graphdef, params, optimizer state) and applies ``update``; params stay sharded."""
 
     def __init__(self, model, opt_cfg: OptimizerConfig, loss_cfg: PolicyLossConfig = PolicyLossConfig(),
-                 *, temperature: float = 1.0, num_micro: int = 1):
+                 *, temperature: float = 1.0, num_micro: int = 1, vocab_size: int | None = None,
+                 logits_chunk: int = 0):
         self.graphdef, self.params = nnx.split(model)
-        self.optimizer = make_optimizer(opt_cfg)
+        self.optimizer = cached_optimizer(opt_cfg)
         self.opt_state = self.optimizer.init(self.params)
         self.loss_cfg, self.temperature, self.num_micro = loss_cfg, temperature, num_micro
+        self.vocab_size, self.logits_chunk = vocab_size, logits_chunk
 
-    def step(self, batch: PolicyBatch) -> dict:
+    def step(self, batch: PolicyBatch, loss_scale=None) -> dict:
         self.params, self.opt_state, metrics = update(
-            self.params, self.opt_state, batch, graphdef=self.graphdef, optimizer=self.optimizer,
-            loss_cfg=self.loss_cfg, temperature=self.temperature, num_micro=self.num_micro)
+            self.params, self.opt_state, batch, loss_scale, graphdef=self.graphdef, optimizer=self.optimizer,
+            loss_cfg=self.loss_cfg, temperature=self.temperature, num_micro=self.num_micro,
+            vocab_size=self.vocab_size, logits_chunk=self.logits_chunk)
         return metrics
+
+    def score(self, tokens, attention_mask) -> tuple[jax.Array, jax.Array]:
+        """(log-probs, entropies) [B, T] of ``tokens`` under the current policy."""
+        return score_tokens(self.params, tokens, attention_mask, graphdef=self.graphdef, temperature=self.temperature,
+                            vocab_size=self.vocab_size, logits_chunk=self.logits_chunk)
 
     @property
     def model(self):

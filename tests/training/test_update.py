@@ -86,3 +86,26 @@ def test_batch_not_divisible_is_clear():
     trainer = PolicyTrainer(model, OptimizerConfig(), num_micro=3)
     with pytest.raises(ValueError, match="does not split into 3 micro-batches"):
         trainer.step(_batch(model))
+
+
+def test_chunked_logprobs_and_vocab_mask_match_full_computation():
+    """logits_chunk computes the same values (and gradients) without [B, T, V] logits; the
+    vocab mask reproduces the sampler's distribution over the tokenizer's ids only."""
+    model = create_model(CFG, seed=2)
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, 50, (2, 13)), jnp.int32)
+    attn = jnp.ones_like(tokens)
+    full = sequence_logprobs(model, tokens, attn, vocab_size=50)
+    chunked = sequence_logprobs(model, tokens, attn, vocab_size=50, logits_chunk=5)
+    for a, b in zip(full, chunked):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    logits = np.asarray(model(tokens), np.float64)[:, :, :50]
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ref = np.take_along_axis(logp[:, :-1], np.asarray(tokens)[:, 1:, None], -1)[..., 0]
+    np.testing.assert_allclose(np.asarray(full[0])[:, 1:], ref, atol=1e-5)
+
+    graphdef, params = nnx.split(model)
+    batch = _batch(model)
+    grads = [jax.grad(lambda p: policy_loss_fn(graphdef, PolicyLossConfig(), 1.0, 60, c)(p, batch).loss_sum)(params)
+             for c in (0, 4)]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

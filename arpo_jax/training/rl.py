@@ -1,0 +1,331 @@
+"""The RL loop of ``arpo-jax train``: data → rollout → reward → advantage → update.
+
+Each step takes ``data.prompts_per_step`` prompts, rolls them out with the configured policy
+(GRPO trajectories or ARPO branching, real tools), scores them, computes advantages over each
+prompt's tree and applies ``train.mini_batches × train.ppo_epochs`` jitted, sharded AdamW
+updates (exact micro-batch accumulation). Checkpoints carry parameters, optimizer state, RNG,
+data position and skip counters, so ``train.resume=auto`` after a kill repeats the
+uninterrupted run's steps exactly (rollout randomness is a function of (seed, step)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from arpo_jax.config import to_dict
+from arpo_jax.models import make_mesh, save_hf
+from arpo_jax.models.config import ModelConfig
+from arpo_jax.rollout import RolloutConfig, RolloutEngine, trajectory_record
+from arpo_jax.tools import ToolDispatcher
+from arpo_jax.training.checkpoint import Checkpointer, resolve_resume
+from arpo_jax.training.distributed import is_main_process
+from arpo_jax.training.metrics_log import MetricsLogger, RolloutDumpWriter, to_python
+from arpo_jax.training.rl_batch import advantages, policy_arrays, score_trajectories
+from arpo_jax.training.rl_config import RLConfig, ToolsConfig
+from arpo_jax.training.rl_data import PromptLoader, encode_examples, read_prompts
+from arpo_jax.training.sft import _device_batch, _write_status, abstract_train_state, build_model, load_tokenizer
+from arpo_jax.training.signals import PreemptionHandler, SkipGuard, TrainingDiverged
+from arpo_jax.training.update import cached_optimizer, make_policy_batch, score_tokens, update
+
+
+def make_dispatcher(tools: ToolsConfig) -> ToolDispatcher:
+    """The tools the protocol names: Python always builds; search when it has a backend."""
+    names = set(tools.protocol.tools)
+    s = tools.search
+    search_ok = s.backend == "http" or bool(s.cache_path or s.corpus_path)
+    if "search" in names and not search_ok:
+        print("note: no search backend configured (tools.search.cache_path / corpus_path / backend=http); "
+              "search calls will be answered as unavailable", flush=True)
+    return ToolDispatcher.from_configs(python=tools.python if "python" in names else None,
+                                       search=s if "search" in names and search_ok else None,
+                                       config=tools.dispatcher, protocol=tools.protocol)
+
+
+def _reward_metrics(results, trajs) -> dict[str, float]:
+    scores = np.asarray([r.score for r in results], np.float64)
+    correct = [float(r.correct if r.correct is not None else r.score >= 1.0) for r in results]
+    out = {"reward/mean": scores.mean(), "reward/std": scores.std(), "reward/accuracy": float(np.mean(correct)),
+           "reward/format_ok": float(np.mean([r.format_ok for r in results]))}
+    by_prompt: dict[int, list[float]] = {}
+    for t, c in zip(trajs, correct):
+        by_prompt.setdefault(t.prompt_index, []).append(c)
+    out["reward/solved_prompts"] = float(np.mean([max(v) for v in by_prompt.values()]))
+    return out
+
+
+class RLRunner:
+    """Holds the pieces of one training run; ``run()`` executes it (see ``run_train``)."""
+
+    def __init__(self, cfg: RLConfig):
+        self.cfg = cfg
+        t = cfg.train
+        self.out_dir = Path(t.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.tokenizer = load_tokenizer(cfg)
+        d = cfg.data
+        if not d.train_files:
+            raise ValueError("data.train_files is empty: give at least one prompt file")
+        self.examples = read_prompts(d.train_files, byte_exact=d.byte_exact_system_prompt, lenient=d.lenient,
+                                     drop_overlap_with=d.drop_overlap_with)
+        self.prompts = encode_examples(self.tokenizer, self.examples, d.template_kwargs)
+        self.loader = PromptLoader(len(self.examples), d.prompts_per_step, seed=t.seed, shuffle=d.shuffle)
+        self.val_examples = read_prompts(d.val_files, lenient=d.lenient) if d.val_files and (
+            t.val_every or t.val_before_train) else []
+        if d.val_prompts:
+            self.val_examples = self.val_examples[: d.val_prompts]
+        self.total_steps = t.steps or t.epochs * self.loader.batches_per_epoch
+        p, m = d.prompts_per_step, cfg.rollout.total_rollouts
+        if p % t.mini_batches:
+            raise ValueError(f"data.prompts_per_step ({p}) must be a multiple of train.mini_batches ({t.mini_batches})")
+        self.rows = p // t.mini_batches * m  # trajectories per mini-batch (ARPO always ends with M per prompt)
+        micro = t.micro_batch_size or self.rows
+        if self.rows % micro:
+            raise ValueError(f"train.micro_batch_size ({micro}) must divide the {self.rows} trajectories of a "
+                             f"mini-batch")
+        self.num_micro = self.rows // micro
+        opt = cfg.optimizer
+        if opt.schedule == "cosine" and opt.total_steps <= 1:
+            opt = dataclasses.replace(opt, total_steps=self.total_steps * t.mini_batches * t.ppo_epochs)
+        self.optimizer = cached_optimizer(opt)
+        self.mesh = make_mesh(cfg.model.mesh)
+        self.ckpt = Checkpointer(t.checkpoint_dir or self.out_dir / "checkpoints", keep=t.keep,
+                                 async_save=t.async_checkpoint)
+        self.guard = SkipGuard(t.max_consecutive_skips)
+        self.dispatcher = make_dispatcher(cfg.tools)
+        self.dumps = RolloutDumpWriter(self.out_dir, active=None if t.dump_rollouts else False)
+
+    # ------------------------------------------------------------------ state
+    def init_or_restore(self) -> None:
+        cfg = self.cfg
+        resume = resolve_resume(cfg.train.resume, self.ckpt)
+        self.step = 0
+        if resume is None:
+            model, self.mcfg = build_model(cfg, self.tokenizer, self.mesh)
+            self.graphdef, self.params = nnx.split(model)
+            from arpo_jax.models.sharding import state_shardings
+
+            opt_state = self.optimizer.init(self.params)
+            self.opt_state = jax.device_put(opt_state, state_shardings(opt_state, self.mesh))
+        else:
+            holder = {}
+
+            def target(meta):
+                holder["mcfg"] = ModelConfig(**meta["model_config"])
+                holder["graphdef"], abstract = abstract_train_state(holder["mcfg"], self.optimizer, self.mesh)
+                return abstract
+
+            restored = self.ckpt.restore(target, step=None if resume == -1 else resume)
+            self.loader.set_position(restored.meta["data_position"])
+            self.guard.load_state_dict(restored.meta.get("skips", {}))
+            self.mcfg, self.graphdef = holder["mcfg"], holder["graphdef"]
+            self.params, self.opt_state = restored.state["params"], restored.state["opt_state"]
+            self.step = restored.step
+        self.ref_params = None
+        if cfg.loss.kl_coef:  # frozen reference = the starting policy (reloaded on resume)
+            self.ref_params = jax.tree.map(jnp.copy, nnx.split(build_model(cfg, self.tokenizer, self.mesh)[0])[1])
+        model = nnx.merge(self.graphdef, self.params)
+        self.vocab_size = min(len(self.tokenizer), self.mcfg.vocab_size)
+        self.engine = RolloutEngine(model, self.tokenizer, self.dispatcher, cfg.rollout, protocol=cfg.tools.protocol,
+                                    mesh=self.mesh, num_prompts=cfg.data.prompts_per_step, seed=cfg.train.seed)
+        self.val_engine = None
+
+    def save(self, wait: bool = False) -> None:
+        meta = {"data_position": self.loader.position.to_dict(), "skips": self.guard.state_dict(),
+                "model_config": dataclasses.asdict(self.mcfg), "rl_config": to_dict(self.cfg)}
+        rng = jax.random.key_data(jax.random.key(self.cfg.train.seed))  # rollouts derive from (seed, step)
+        self.ckpt.save(self.step, {"params": self.params, "opt_state": self.opt_state, "rng": rng}, meta, wait=wait)
+
+    def export(self, name: str) -> str | None:
+        if not is_main_process():
+            return None
+        path = save_hf(nnx.merge(self.graphdef, self.params), self.mcfg, Path(self.cfg.train.export_dir or
+                                                                                 self.out_dir / "hf") / name,
+                       tokenizer=self.tokenizer, dtype=self.cfg.train.export_dtype)
+        return str(path)
+
+    # ------------------------------------------------------------------- steps
+    def _score(self, params, arrays) -> np.ndarray:
+        """Log-probs [B, T] under ``params``, one micro-batch of rows at a time."""
+        step = self.rows // self.num_micro
+        out = []
+        for i in range(0, arrays["tokens"].shape[0], step):
+            lp, _ = score_tokens(params, arrays["tokens"][i:i + step], arrays["attention_mask"][i:i + step],
+                                 graphdef=self.graphdef, vocab_size=self.vocab_size,
+                                 temperature=self.cfg.rollout.temperature, logits_chunk=self.cfg.train.logits_chunk)
+            out.append(np.asarray(lp))
+        return np.concatenate(out)
+
+    def rl_step(self) -> tuple[dict[str, Any], list[dict]]:
+        cfg, t = self.cfg, self.cfg.train
+        t0 = time.perf_counter()
+        batch_idx = self.loader.next_batch()
+        epoch = self.loader.epoch_float()
+        self.engine.update_params(self.params)
+        result = self.engine.run([self.prompts[i] for i in batch_idx], seed=t.seed * 1_000_003 + self.step)
+        trajs = result.trajectories
+        t_rollout = time.perf_counter() - t0
+        examples = [self.examples[i] for i in batch_idx]
+        rewards = score_trajectories(trajs, examples, cfg.reward)
+        scores = np.asarray([r.score for r in rewards], np.float32)
+        seq_adv, tok_adv, weights = advantages(trajs, scores, cfg.algorithm)
+        t_reward = time.perf_counter() - t0 - t_rollout
+        metrics: dict[str, Any] = dict(result.stats)
+        metrics.update(_reward_metrics(rewards, trajs))
+        metrics["epoch"] = epoch
+
+        # Mini-batches by prompt (verl's ppo_mini_batch): fixed row counts, one compile per length bucket.
+        per_mb = cfg.data.prompts_per_step // t.mini_batches
+        groups = [[j for j, tr in enumerate(trajs) if tr.prompt_index // per_mb == k] for k in range(t.mini_batches)]
+        longest = max(len(tr.prompt_tokens) + len(tr.tokens) for tr in trajs)
+        pad = self.tokenizer.pad_token_id
+        batches, gaps = [], []
+        for g in groups:
+            if len(g) > self.rows:
+                raise RuntimeError(f"{len(g)} trajectories in a mini-batch of {self.rows} rows")
+            sub = [trajs[j] for j in g]
+            arrays = policy_arrays(sub, tok_adv[g], weights[g], pad, min_len=64, max_len=max(longest, 64),
+                                   rows=self.rows)
+            arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
+            if t.old_logprobs == "recompute" or cfg.loss.kl_coef:
+                recomputed = self._score(self.params, arrays) * np.asarray(arrays["loss_mask"])
+                gaps.append(np.abs(recomputed - np.asarray(arrays["old_logprobs"])).sum()
+                            / max(float(arrays["loss_mask"].sum()), 1.0))
+                if t.old_logprobs == "recompute":
+                    arrays["old_logprobs"] = jnp.asarray(recomputed)
+            if cfg.loss.kl_coef:
+                arrays["ref_logprobs"] = jnp.asarray(self._score(self.ref_params, arrays))
+            batches.append(_device_batch(arrays, self.mesh))
+        if gaps:
+            metrics["logprob_gap/sampler_vs_trainer"] = float(np.mean(gaps))
+
+        t1 = time.perf_counter()
+        nan = t.debug_nan_step and t.debug_nan_step <= self.step + 1 < t.debug_nan_step + t.debug_nan_count
+        scale = jnp.float32(np.nan if nan else 1.0)
+        upd: list[dict] = []
+        for _ in range(t.ppo_epochs):
+            for b in batches:
+                self.params, self.opt_state, m = update(
+                    self.params, self.opt_state, make_policy_batch(**b), scale, graphdef=self.graphdef,
+                    optimizer=self.optimizer, loss_cfg=cfg.loss, temperature=cfg.rollout.temperature,
+                    num_micro=self.num_micro, vocab_size=self.vocab_size, logits_chunk=t.logits_chunk)
+                upd.append(jax.device_get(m))
+        t_update = time.perf_counter() - t1
+        for k in upd[0]:
+            metrics[f"update/{k}"] = float(np.mean([u[k] for u in upd]))
+        metrics["update/approx_kl_first"] = float(upd[0]["approx_kl"])  # the sampler–trainer gap at the start
+        skipped = any(int(u["skipped"]) for u in upd)
+        metrics["skipped"] = int(skipped)
+        metrics.update({"time/rollout_s": t_rollout, "time/reward_s": t_reward, "time/update_s": t_update,
+                        "time/step_s": time.perf_counter() - t0})
+        records = [trajectory_record(tr, step=self.step + 1, reward=float(scores[j]), advantage=float(seq_adv[j]),
+                                     prompt_text=examples[tr.prompt_index].question,
+                                     extra={"reward_reason": rewards[j].reason, "example_id":
+                                            examples[tr.prompt_index].id})
+                   for j, tr in enumerate(trajs)]
+        return metrics, records
+
+    def validate(self) -> dict[str, float]:
+        """Greedy rollouts (no branching) on the validation prompts: reward and accuracy."""
+        if not self.val_examples:
+            return {}
+        r = self.cfg.rollout
+        if self.val_engine is None:
+            vcfg = RolloutConfig(policy="trajectory", total_rollouts=1, greedy=True,
+                                 max_response_tokens=r.max_response_tokens, max_prompt_tokens=r.max_prompt_tokens,
+                                 max_tool_calls=r.max_tool_calls, tool_limit_action=r.tool_limit_action,
+                                 chunk_size=r.chunk_size, num_slots=min(len(self.val_examples), 64))
+            self.val_engine = RolloutEngine(nnx.merge(self.graphdef, self.params), self.tokenizer, self.dispatcher,
+                                            vcfg, protocol=self.cfg.tools.protocol, mesh=self.mesh,
+                                            seed=self.cfg.train.seed)
+            self.val_prompts = encode_examples(self.tokenizer, self.val_examples, self.cfg.data.template_kwargs)
+        self.val_engine.update_params(self.params)
+        res = self.val_engine.run(self.val_prompts, seed=0)
+        rewards = score_trajectories(res.trajectories, self.val_examples, self.cfg.reward)
+        m = _reward_metrics(rewards, res.trajectories)
+        out = {f"val/{k.split('/', 1)[1]}": v for k, v in m.items()}
+        out["val/tool_calls_per_traj"] = res.stats["rollout/tool_calls_per_traj"]
+        out["val/response_length"] = res.stats["rollout/response_length"]
+        return out
+
+    # -------------------------------------------------------------------- loop
+    def run(self) -> dict[str, Any]:
+        cfg, t = self.cfg, self.cfg.train
+        self.init_or_restore()
+        log = MetricsLogger(self.out_dir, total_steps=self.total_steps, start_step=self.step, jsonl=cfg.logging.jsonl,
+                            tensorboard=cfg.logging.tensorboard, progress=cfg.logging.progress,
+                            wandb=cfg.logging.wandb, wandb_project=cfg.logging.wandb_project,
+                            run_name=cfg.logging.run_name, config=to_dict(cfg))
+        if self.step:
+            log.message(f"resumed from step {self.step} of {self.ckpt.directory} (data epoch "
+                        f"{self.loader.position.epoch}, batch {self.loader.position.index})")
+        else:
+            log.message(f"RL ({cfg.rollout.policy}, advantage {cfg.algorithm.advantage}): {len(self.examples)} "
+                        f"prompts, {cfg.data.prompts_per_step} per step × M={cfg.rollout.total_rollouts}, "
+                        f"{self.total_steps} steps; tools: {', '.join(self.dispatcher.describe())}")
+        exported: list[str] = []
+        status, last = "finished", {}
+        try:
+            with PreemptionHandler() as preempt:
+                if t.val_before_train and self.step == 0 and self.val_examples:
+                    log.log(0, self.validate())
+                while self.step < self.total_steps:
+                    metrics, records = self.rl_step()
+                    self.step += 1
+                    self.guard.update(bool(metrics["skipped"]))
+                    metrics["skipped_total"] = self.guard.total
+                    if t.val_every and self.step % t.val_every == 0:
+                        metrics.update(self.validate())
+                    self.dumps.write(self.step, records)
+                    last = metrics
+                    log.log(self.step, metrics)
+                    if metrics["skipped"]:
+                        log.message(f"step {self.step}: non-finite loss or gradient, update skipped "
+                                    f"({self.guard.consecutive} in a row, {self.guard.total} in all)")
+                    if self.guard.tripped:
+                        self.save(wait=True)
+                        msg = self.guard.message(self.step, self.ckpt.directory)
+                        log.message(msg)
+                        _write_status(self.out_dir, {"status": "diverged", "step": self.step, "message": msg})
+                        raise TrainingDiverged(msg)
+                    if t.save_every and self.step % t.save_every == 0:
+                        self.save()
+                    if t.export_every and self.step % t.export_every == 0:
+                        exported.append(self.export(f"step_{self.step}"))
+                    if t.debug_step_sleep:
+                        time.sleep(t.debug_step_sleep)
+                    if preempt.requested and self.step < self.total_steps:
+                        log.message(f"{preempt.signal_name} received: writing a final checkpoint at step {self.step} "
+                                    f"and stopping (resume with train.resume=auto)")
+                        status = "preempted"
+                        break
+            self.save(wait=True)
+            if status == "finished" and t.export_at_end:
+                exported.append(self.export("final"))
+                log.message(f"exported HF checkpoint to {exported[-1]}")
+        finally:
+            log.close()
+            self.ckpt.close()
+            self.dispatcher.close()
+        keys = ("reward/mean", "reward/accuracy", "rollout/tool_calls_per_traj", "rollout/branches_per_prompt",
+                "update/loss", "val/accuracy")
+        summary = to_python({"status": status, "step": self.step, "total_steps": self.total_steps,
+                             "skipped_total": self.guard.total, "checkpoint_dir": self.ckpt.directory,
+                             "exported": [e for e in exported if e], **{k: last.get(k) for k in keys if k in last}})
+        _write_status(self.out_dir, summary)
+        return summary
+
+
+def run_train(cfg: RLConfig) -> dict[str, Any]:
+    """Runs (or resumes) RL training; returns a summary dict (status, step, last metrics).
+
+    Raises ``TrainingDiverged`` (after writing a checkpoint) when too many consecutive
+    updates are non-finite."""
+    return RLRunner(cfg).run()

@@ -1,0 +1,148 @@
+"""``RLConfig``: the typed config of ``arpo-jax train`` (see ``configs/*.yaml``).
+
+Sections: ``model`` (checkpoint or random init, mesh), ``data`` (prompts), ``rollout``
+(policy and budgets, ``arpo_jax.rollout.RolloutConfig``), ``tools`` (protocol, Python, search,
+dispatcher), ``reward``, ``algorithm`` (advantages), ``loss`` (PPO), ``optimizer``, ``train``
+(loop, checkpoints, validation, safety) and ``logging``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from arpo_jax.algorithms.losses import PolicyLossConfig
+from arpo_jax.rewards.types import RewardConfig
+from arpo_jax.rollout.config import RolloutConfig
+from arpo_jax.tools.config import DispatcherConfig, ProtocolConfig, PythonToolConfig, SearchConfig
+from arpo_jax.training.sft_config import SFTLoggingConfig, SFTModelConfig
+from arpo_jax.training.update import OptimizerConfig
+
+ModelSourceConfig = SFTModelConfig  # model.path / model.preset / model.config / mesh: shared with SFT
+
+ADVANTAGES = ("grpo", "arpo_soft", "arpo_hard", "reinforce_pp")
+
+
+@dataclasses.dataclass(frozen=True)
+class RLDataConfig:
+    """Prompts for training and validation.
+
+    train_files / val_files: ARPO/verl parquet files (``read_rl_parquet``), eval JSONL files
+      (``read_eval_jsonl``, the set named after the parent directory) or a TFDS array_record
+      directory written by ``arpo_jax.data.tfds_builder`` (``tfds:<dir>:<split>``).
+    prompts_per_step: prompts per RL step (the paper's batch of 128); each gets M trajectories.
+    val_prompts: 0 = the whole validation set.
+    byte_exact_system_prompt: keep the released system prompt's ``\\x08oxed`` corruption.
+    drop_overlap_with: eval JSONL files whose questions are removed from the training set.
+    template_kwargs: extra chat-template arguments (e.g. ``{enable_thinking: false}``).
+    """
+
+    train_files: list[str] = dataclasses.field(default_factory=list)
+    val_files: list[str] = dataclasses.field(default_factory=list)
+    prompts_per_step: int = 128
+    val_prompts: int = 0
+    shuffle: bool = True
+    byte_exact_system_prompt: bool = False
+    drop_overlap_with: list[str] = dataclasses.field(default_factory=list)
+    lenient: bool = True
+    template_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.prompts_per_step < 1:
+            raise ValueError(f"data.prompts_per_step must be >= 1, got {self.prompts_per_step}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolsConfig:
+    """The agent's tools (``arpo_jax.tools``)."""
+
+    protocol: ProtocolConfig = dataclasses.field(default_factory=ProtocolConfig)
+    python: PythonToolConfig = dataclasses.field(default_factory=PythonToolConfig)
+    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
+    dispatcher: DispatcherConfig = dataclasses.field(default_factory=DispatcherConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmConfig:
+    """Advantage estimation.
+
+    advantage: "grpo" (group = all trajectories of a prompt), "arpo_soft" (GRPO over the tree:
+      the paper's default, identical numbers to grpo on the same trajectories), "arpo_hard"
+      (shared segments get the mean advantage of the trajectories containing them, counted
+      once), "reinforce_pp".
+    norm_by_std: divide by the group's reward std (False: Dr.GRPO-style centring only).
+    eps: added to the std (release: 1e-6).
+    """
+
+    advantage: Literal["grpo", "arpo_soft", "arpo_hard", "reinforce_pp"] = "arpo_soft"
+    norm_by_std: bool = True
+    eps: float = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class RLTrainConfig:
+    """Loop, checkpoint, validation and safety settings. A step = one rollout batch and its
+    updates; steps count from 1.
+
+    steps: total RL steps (0: ``epochs`` passes over the training prompts).
+    mini_batches: optimizer updates per step (the batch's prompts split into this many
+      mini-batches, as verl's ppo_mini_batch_size); ppo_epochs: passes over them.
+    micro_batch_size: trajectories per forward/backward pass (0 = the whole mini-batch);
+      gradients are accumulated exactly.
+    old_logprobs: "sampler" (the log-probs recorded while sampling) or "recompute" (a forward
+      pass of the policy before the update, as verl); the gap is a metric either way.
+    logits_chunk: compute log-probs over time chunks of this many tokens (0 = all at once) so
+      [B, T, V] logits are never materialised for long sequences.
+    val_every: greedy validation (no branching) every n steps (0 = never); val_before_train.
+    save_every / export_every: intervals in steps (0 = never); final ones are always written.
+    max_consecutive_skips, debug_nan_step/count, debug_step_sleep, preempt_exit_code: as SFT.
+    """
+
+    steps: int = 0
+    epochs: int = 1
+    mini_batches: int = 1
+    ppo_epochs: int = 1
+    micro_batch_size: int = 0
+    old_logprobs: Literal["sampler", "recompute"] = "sampler"
+    logits_chunk: int = 0
+    seed: int = 0
+    out_dir: str = "runs/train"
+    checkpoint_dir: str = ""
+    resume: str | int = "auto"
+    keep: int = 3
+    save_every: int = 10
+    async_checkpoint: bool = True
+    val_every: int = 0
+    val_before_train: bool = False
+    export_every: int = 0
+    export_dir: str = ""
+    export_at_end: bool = True
+    export_dtype: str | None = None
+    dump_rollouts: bool = True
+    max_consecutive_skips: int = 5
+    preempt_exit_code: int = 0
+    debug_nan_step: int = 0
+    debug_nan_count: int = 1
+    debug_step_sleep: float = 0.0
+
+    def __post_init__(self):
+        if self.steps < 0 or (self.epochs < 1 and not self.steps):
+            raise ValueError("train.steps must be >= 0 and train.epochs >= 1 when steps is 0")
+        if self.mini_batches < 1 or self.ppo_epochs < 1 or self.micro_batch_size < 0:
+            raise ValueError("train.mini_batches and train.ppo_epochs must be >= 1, micro_batch_size >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """Everything ``run_train`` needs; load with ``load_config(RLConfig, path, overrides)``."""
+
+    model: ModelSourceConfig
+    data: RLDataConfig = dataclasses.field(default_factory=RLDataConfig)
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
+    tools: ToolsConfig = dataclasses.field(default_factory=ToolsConfig)
+    reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = dataclasses.field(default_factory=AlgorithmConfig)
+    loss: PolicyLossConfig = dataclasses.field(default_factory=PolicyLossConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    train: RLTrainConfig = dataclasses.field(default_factory=RLTrainConfig)
+    logging: SFTLoggingConfig = dataclasses.field(default_factory=lambda: SFTLoggingConfig(run_name="train"))
