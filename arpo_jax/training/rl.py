@@ -74,10 +74,11 @@ class RLRunner:
         if not d.train_files:
             raise ValueError("data.train_files is empty: give at least one prompt file")
         self.examples = read_prompts(d.train_files, byte_exact=d.byte_exact_system_prompt, lenient=d.lenient,
-                                     drop_overlap_with=d.drop_overlap_with)
+                                     drop_overlap_with=d.drop_overlap_with, system_prompt=d.system_prompt)
         self.prompts = encode_examples(self.tokenizer, self.examples, d.template_kwargs)
         self.loader = PromptLoader(len(self.examples), d.prompts_per_step, seed=t.seed, shuffle=d.shuffle)
-        self.val_examples = read_prompts(d.val_files, lenient=d.lenient) if d.val_files and (
+        self.val_examples = read_prompts(d.val_files, lenient=d.lenient, system_prompt=d.system_prompt,
+                                         byte_exact=d.byte_exact_system_prompt) if d.val_files and (
             t.val_every or t.val_before_train) else []
         if d.val_prompts:
             self.val_examples = self.val_examples[: d.val_prompts]

@@ -33,6 +33,8 @@ class RLDataConfig:
     prompts_per_step: prompts per RL step (the paper's batch of 128); each gets M trajectories.
     val_prompts: 0 = the whole validation set.
     byte_exact_system_prompt: keep the released system prompt's ``\\x08oxed`` corruption.
+    system_prompt: for JSONL prompt files: None = the ARPO system prompt, "" = none, else this
+      text (parquet files carry their own).
     drop_overlap_with: eval JSONL files whose questions are removed from the training set.
     template_kwargs: extra chat-template arguments (e.g. ``{enable_thinking: false}``).
     """
@@ -43,6 +45,7 @@ class RLDataConfig:
     val_prompts: int = 0
     shuffle: bool = True
     byte_exact_system_prompt: bool = False
+    system_prompt: str | None = None
     drop_overlap_with: list[str] = dataclasses.field(default_factory=list)
     lenient: bool = True
     template_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -12,7 +12,8 @@ from arpo_jax.data.chat import encode_prompt
 from arpo_jax.data.records import Example
 
 
-def read_prompt_file(spec: str, *, byte_exact: bool = False, lenient: bool = True) -> list[Example]:
+def read_prompt_file(spec: str, *, byte_exact: bool = False, lenient: bool = True,
+                     system_prompt: str | None = None) -> list[Example]:
     """Examples from a ``.parquet`` (ARPO/verl), a ``.jsonl``/``.json`` eval file, or
     ``tfds:<data_dir>:<split>`` (the array_record store of ``arpo_jax.data.tfds_builder``)."""
     if spec.startswith("tfds:"):
@@ -33,14 +34,19 @@ def read_prompt_file(spec: str, *, byte_exact: bool = False, lenient: bool = Tru
     if path.suffix in (".jsonl", ".json"):
         from arpo_jax.data.eval_jsonl import read_eval_jsonl
 
-        return read_eval_jsonl(path, lenient=lenient)
+        if system_prompt is None:
+            from arpo_jax.data.prompts import arpo_system_prompt
+
+            system_prompt = arpo_system_prompt(byte_exact)
+        return read_eval_jsonl(path, lenient=lenient, system_prompt=system_prompt)
     raise ValueError(f"data file {spec!r}: unsupported format (use .parquet, .jsonl, .json or tfds:<dir>:<split>)")
 
 
 def read_prompts(files: Sequence[str], *, byte_exact: bool = False, lenient: bool = True,
-                 drop_overlap_with: Sequence[str] = ()) -> list[Example]:
+                 drop_overlap_with: Sequence[str] = (), system_prompt: str | None = None) -> list[Example]:
     """All examples of ``files`` in order, minus questions that occur in ``drop_overlap_with``."""
-    examples = [ex for f in files for ex in read_prompt_file(f, byte_exact=byte_exact, lenient=lenient)]
+    examples = [ex for f in files for ex in read_prompt_file(f, byte_exact=byte_exact, lenient=lenient,
+                                                             system_prompt=system_prompt)]
     if drop_overlap_with:
         from arpo_jax.data.overlap import drop_overlap
 

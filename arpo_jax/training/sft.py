@@ -37,7 +37,7 @@ from arpo_jax.training.sft_config import SFTConfig
 from arpo_jax.training.sft_data import load_sft_examples
 from arpo_jax.training.sft_loader import SFTLoader
 from arpo_jax.training.signals import PreemptionHandler, SkipGuard, TrainingDiverged
-from arpo_jax.training.update import OptimizerConfig, make_optimizer
+from arpo_jax.training.update import OptimizerConfig, apply_if_finite, cached_optimizer
 
 LOG_KEYS = ("loss", "grad_norm", "lr", "accuracy", "num_tokens", "skipped", "skipped_total", "epoch")
 
@@ -77,13 +77,7 @@ def sft_step(params, opt_state, batch: dict, loss_scale, *, graphdef, optimizer,
         return out._replace(loss_sum=out.loss_sum * loss_scale)
 
     grads, out = accumulate_gradients(loss_fn, params, _split_micro(batch, num_micro))
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(out.loss_sum) & jnp.isfinite(grad_norm)
-    updates, new_opt_state = optimizer.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-    params = jax.tree.map(keep, new_params, params)
-    opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+    params, opt_state, grad_norm, finite = apply_if_finite(optimizer, params, opt_state, grads, out.loss_sum)
     n = jnp.maximum(out.denominator, 1e-8)
     metrics = dict(loss=out.loss_sum / n, grad_norm=grad_norm, accuracy=out.stats["correct"] / n,
                    num_tokens=out.denominator, skipped=(~finite).astype(jnp.int32))
@@ -95,13 +89,6 @@ def sft_eval_step(params, batch: dict, *, graphdef):
     """(loss_sum, num_tokens, correct) of a batch, for an exact token mean over an eval set."""
     out = sft_loss(nnx.merge(graphdef, params), batch)
     return out.loss_sum, out.denominator, out.stats["correct"]
-
-
-@functools.lru_cache(maxsize=8)
-def _optimizer(cfg: OptimizerConfig):
-    """``make_optimizer``, memoised: the same config gives the same object, so ``sft_step``
-    (which takes it as a static argument) is not recompiled for every run in one process."""
-    return make_optimizer(cfg)
 
 
 def learning_rate(cfg: OptimizerConfig, count: int) -> float:
@@ -283,7 +270,7 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     opt_cfg = cfg.optimizer
     if opt_cfg.schedule == "cosine" and opt_cfg.total_steps <= 1:
         opt_cfg = dataclasses.replace(opt_cfg, total_steps=total_steps)
-    optimizer = _optimizer(opt_cfg)
+    optimizer = cached_optimizer(opt_cfg)
     mesh = make_mesh(cfg.model.mesh)
     ckpt = Checkpointer(t.checkpoint_dir or out_dir / "checkpoints", keep=t.keep, async_save=t.async_checkpoint)
     guard = SkipGuard(t.max_consecutive_skips)

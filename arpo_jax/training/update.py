@@ -131,6 +131,17 @@ def _split_micro(batch: PolicyBatch, num_micro: int) -> PolicyBatch:
     return jax.tree.map(lambda x: x.reshape((num_micro, b // num_micro) + x.shape[1:]), batch)
 
 
+def apply_if_finite(optimizer, params, opt_state, grads, loss_sum):
+    """One optimizer step, kept only when the loss and the gradient norm are finite (else the
+    old params/state are returned: the step is skipped). → (params, opt_state, grad_norm, finite)."""
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt_state, opt_state), grad_norm, finite
+
+
 def policy_loss_fn(graphdef, loss_cfg: PolicyLossConfig, temperature: float, vocab_size: int | None = None,
                    logits_chunk: int = 0):
     """(params, micro_batch) → PolicyLossOutput for ``accumulate_gradients``."""
@@ -163,13 +174,7 @@ def update(params, opt_state, batch: PolicyBatch, loss_scale=None, *, graphdef, 
         return out if loss_scale is None else out._replace(loss_sum=out.loss_sum * loss_scale)
 
     grads, out = accumulate_gradients(loss_fn, params, _split_micro(batch, num_micro))
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(out.loss_sum) & jnp.isfinite(grad_norm)
-    updates, new_opt_state = optimizer.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-    params = jax.tree.map(keep, new_params, params)
-    opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+    params, opt_state, grad_norm, finite = apply_if_finite(optimizer, params, opt_state, grads, out.loss_sum)
     metrics = summarize_loss_output(out)
     metrics.update(grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32))
     return params, opt_state, metrics

@@ -8,7 +8,8 @@ import pytest
 from arpo_jax.config import load_config
 from arpo_jax.models import ModelConfig, make_mesh
 from arpo_jax.training.checkpoint import Checkpointer
-from arpo_jax.training.sft import SFTConfig, _optimizer, abstract_train_state, run_sft
+from arpo_jax.training.sft import SFTConfig, abstract_train_state, run_sft
+from arpo_jax.training.update import cached_optimizer
 from arpo_jax.training.signals import TrainingDiverged
 
 from .sft_tiny import build_tokenizer, sft_yaml, write_sharegpt
@@ -37,7 +38,7 @@ def _metrics(out_dir):
 def _restore(cfg, step):
     ck = Checkpointer(cfg.train.out_dir + "/checkpoints")
     meta = ck.read_meta(step)
-    _, target = abstract_train_state(ModelConfig(**meta["model_config"]), _optimizer(cfg.optimizer),
+    _, target = abstract_train_state(ModelConfig(**meta["model_config"]), cached_optimizer(cfg.optimizer),
                                      make_mesh(cfg.model.mesh))
     r = ck.restore(target, step=step)
     ck.close()
