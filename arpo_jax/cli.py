@@ -99,10 +99,20 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """The built-in demo (see arpo_jax/demo)."""
-    from arpo_jax.demo.walkthrough import run
+    """The built-in demo (see arpo_jax/demo/run.py): data → SFT → eval → ARPO → eval."""
+    if args.walkthrough:
+        from arpo_jax.demo.walkthrough import run
 
-    return 0 if run(Path(args.out))["ok"] else 1
+        return 0 if run(Path(args.out))["ok"] else 1
+    if args.compare:
+        from arpo_jax.demo.compare import run_compare
+
+        run_compare(Path(args.out), seeds=args.seeds, quick=args.quick, results_md=args.results)
+        return 0
+    from arpo_jax.demo.run import run_phases
+
+    run_phases(Path(args.out), quick=args.quick, seed=args.seed)
+    return 0
 
 
 def cmd_sft(args) -> int:
@@ -189,6 +199,12 @@ def build_parser(with_benches: bool = True) -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the built-in demo")
     p.add_argument("--out", default="runs/demo", help="output directory")
+    p.add_argument("--quick", action="store_true", help="the reduced demo (the test suite's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compare", action="store_true", help="GRPO vs ARPO from the same SFT checkpoint")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per method with --compare")
+    p.add_argument("--results", default="docs/results.md", help="Markdown written by --compare")
+    p.add_argument("--walkthrough", action="store_true", help="the model/checkpoint walkthrough instead")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="RL training: GRPO or ARPO rollouts with tools, optax update")

@@ -1,0 +1,244 @@
+"""A seeded synthetic task family whose answers need the tools (the demo's data).
+
+Three kinds of question, each a ``data_source`` of its own:
+
+* ``arith``: ``a*b`` or ``a*b+c`` with 3-4 digit ``a`` and 2-3 digit ``b`` -> the Python tool;
+* ``fact``: facts about generated fictional people and cities (where or when a person was
+  born, when a city was founded), found only through the search tool over a generated corpus
+  (one JSONL document per entity, BM25 backend);
+* ``multihop``: a year found by search, multiplied by a number -> search, then Python.
+
+The train and held-out splits use disjoint people, disjoint cities and disjoint operand
+pools (every number an arithmetic or multi-hop question contains belongs to one split only),
+so held-out accuracy measures tool use, not memorisation. Everything is a pure function of
+the seed. Prompt files are read by ``arpo_jax.data.eval_jsonl.read_eval_jsonl`` (fields
+``id``, ``question``, ``answer`` = list of strings, plus ``kind`` kept in ``meta``); the
+file stem is the ``data_source``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+SYSTEM_PROMPT = (
+    "Use tools. <python> code </python> runs Python; <search> query </search> searches; "
+    "results come in <result> </result>. Think in <think> </think>. Answer as <answer> \\boxed{answer} </answer>."
+)
+"""The demo's compact system prompt (the chat template's default system message too)."""
+
+KINDS = ("arith", "fact", "multihop")
+SPLITS = ("train", "heldout")
+JOBS = ("inventor", "painter", "poet", "sailor", "chemist", "architect", "composer", "explorer")
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "tr", "th")
+_VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
+_CODAS = ("", "", "n", "r", "l", "s", "k", "th", "m")
+
+
+@dataclasses.dataclass(frozen=True)
+class Person:
+    """A fictional person: a unique two-word name, a job, a birth city and a birth year."""
+
+    name: str
+    job: str
+    city: str
+    born: int
+
+
+@dataclasses.dataclass(frozen=True)
+class City:
+    """A fictional city with a founding year."""
+
+    name: str
+    founded: int
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """All entities of both splits, and each split's operand pools (disjoint across splits)."""
+
+    people: dict[str, list[Person]]
+    cities: dict[str, list[City]]
+    operands: dict[str, dict[str, list[int]]]  # split -> {"a", "b", "c", "k"} -> numbers (disjoint splits)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One question with its gold answer and the tool calls that solve it.
+
+    ``calls`` are the (tool, body) pairs of the shortest solution, in order; the gold answer
+    is in the result of the last one. ``entity`` is the person or city a question is about.
+    """
+
+    id: str
+    kind: str
+    question: str
+    answer: str
+    calls: tuple[tuple[str, str], ...]
+    entity: str = ""
+
+
+def _word(rng: random.Random, syllables: int) -> str:
+    parts = [rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables)]
+    return ("".join(parts) + rng.choice(_CODAS)).capitalize()
+
+
+def _unique_words(rng: random.Random, n: int, syllables: tuple[int, ...], taken: set[str]) -> list[str]:
+    out: list[str] = []
+    while len(out) < n:
+        w = _word(rng, rng.choice(syllables))
+        if w not in taken and 4 <= len(w) <= 10:
+            taken.add(w)
+            out.append(w)
+    return out
+
+
+def _number_split(rng: random.Random, lo: int, hi: int, heldout_share: float) -> dict[str, set[int]]:
+    pool = list(range(lo, hi + 1))
+    rng.shuffle(pool)
+    cut = int(len(pool) * heldout_share)
+    return {"heldout": set(pool[:cut]), "train": set(pool[cut:])}
+
+
+def build_world(seed: int = 0, people: tuple[int, int] = (2400, 300), cities: tuple[int, int] = (240, 60),
+                heldout_share: float = 0.25) -> World:
+    """Generates the entities and operand pools; ``people``/``cities`` are (train, held-out) counts.
+
+    City names, first names and last names are three disjoint word sets, so a search for a
+    person never matches a city by name. A person's birth city is from the same split. Many
+    people share a first or a last name (other pages of a search result are such namesakes),
+    and there are enough people that SFT traces rarely repeat a fact: the cold-start model
+    must learn to copy from the tool result rather than memorise answers.
+    """
+    rng = random.Random(f"arpo-demo-world-{seed}")
+    taken: set[str] = set()
+    city_names = _unique_words(rng, sum(cities), (2, 3), taken)
+    firsts = _unique_words(rng, 120, (1, 2), taken)
+    lasts = _unique_words(rng, 120, (1, 2), taken)
+    all_cities = [City(n, rng.randint(1100, 1890)) for n in city_names]
+    split_cities = {"train": all_cities[: cities[0]], "heldout": all_cities[cities[0]:]}
+    names = [f"{f} {l}" for f in firsts for l in lasts]
+    rng.shuffle(names)
+    split_people: dict[str, list[Person]] = {}
+    start = 0
+    for split, n in zip(SPLITS, people):
+        split_people[split] = [Person(name, rng.choice(JOBS), rng.choice(split_cities[split]).name,
+                                      rng.randint(1600, 1990)) for name in names[start:start + n]]
+        start += n
+    numbers = _number_split(rng, 10, 9999, heldout_share)  # one partition: no number is in both splits
+    ranges = {"a": (100, 9999), "b": (11, 999), "c": (10, 999), "k": (11, 99)}
+    operands = {s: {key: [n for n in range(lo, hi + 1) if n in numbers[s]] for key, (lo, hi) in ranges.items()}
+                for s in SPLITS}
+    return World(split_people, split_cities, operands)
+
+
+def corpus_docs(world: World) -> list[dict]:
+    """One ``{"id", "title", "text"}`` document per person and per city (both splits)."""
+    docs = []
+    for split in SPLITS:
+        for p in world.people[split]:
+            docs.append({"id": f"p{len(docs)}", "title": p.name,
+                         "text": f"{p.job.capitalize()} born in {p.city} in {p.born}."})
+        for c in world.cities[split]:
+            docs.append({"id": f"c{len(docs)}", "title": c.name, "text": f"City founded in {c.founded}."})
+    return docs
+
+
+def _arith(rng: random.Random, ops: dict[str, list[int]]) -> tuple[str, str, tuple]:
+    a, b = rng.choice(ops["a"]), rng.choice(ops["b"])
+    if rng.random() < 0.5:
+        expr = f"{a}*{b}"
+        return f"What is {expr}?", str(a * b), (("python", f"print({expr})"),)
+    c = rng.choice(ops["c"])
+    expr = f"{a}*{b}+{c}"
+    return f"What is {expr}?", str(a * b + c), (("python", f"print({expr})"),)
+
+
+def _fact(rng: random.Random, people: list[Person], cities: list[City]) -> tuple[str, str, tuple, str]:
+    r = rng.random()
+    if r < 0.4:
+        p = rng.choice(people)
+        return f"In which city was the {p.job} {p.name} born?", p.city, (("search", p.name),), p.name
+    if r < 0.7:
+        p = rng.choice(people)
+        return f"In what year was the {p.job} {p.name} born?", str(p.born), (("search", p.name),), p.name
+    c = rng.choice(cities)
+    return f"In what year was the city of {c.name} founded?", str(c.founded), (("search", c.name),), c.name
+
+
+def _multihop(rng: random.Random, people: list[Person], cities: list[City], ks: list[int]) -> tuple:
+    k = rng.choice(ks)
+    if rng.random() < 0.5:
+        p = rng.choice(people)
+        q = f"What is the birth year of the {p.job} {p.name} times {k}?"
+        return q, str(p.born * k), (("search", p.name), ("python", f"print({p.born}*{k})")), p.name
+    c = rng.choice(cities)
+    q = f"What is the founding year of the city of {c.name} times {k}?"
+    return q, str(c.founded * k), (("search", c.name), ("python", f"print({c.founded}*{k})")), c.name
+
+
+def make_tasks(world: World, split: str, n: int, seed: int = 0,
+               mix: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)) -> list[Task]:
+    """``n`` distinct questions of ``split``; ``mix`` = shares of (arith, fact, multihop)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    rng = random.Random(f"arpo-demo-tasks-{seed}-{split}")
+    people, cities, ops = world.people[split], world.cities[split], world.operands[split]
+    counts = [int(round(n * m)) for m in mix]
+    counts[0] += n - sum(counts)
+    tasks: list[Task] = []
+    seen: set[str] = set()
+    for kind, count in zip(KINDS, counts):
+        made, tries = 0, 0
+        while made < count:
+            tries += 1
+            if kind == "arith":
+                q, ans, calls = _arith(rng, ops)
+                entity = ""
+            elif kind == "fact":
+                q, ans, calls, entity = _fact(rng, people, cities)
+            else:
+                q, ans, calls, entity = _multihop(rng, people, cities, ops["k"])
+            if q in seen and tries < 50 * count:  # repeats allowed only once the pool is exhausted
+                continue
+            seen.add(q)
+            tasks.append(Task(f"{split}-{kind}-{made}", kind, q, ans, calls, entity))
+            made += 1
+    random.Random(f"arpo-demo-order-{seed}-{split}").shuffle(tasks)
+    return tasks
+
+
+def prompt_row(task: Task) -> dict:
+    """The JSONL row of a prompt file (``read_eval_jsonl`` fields)."""
+    return {"id": task.id, "question": task.question, "answer": [task.answer], "kind": task.kind}
+
+
+def write_prompt_files(tasks: list[Task], out_dir: str | Path) -> dict[str, str]:
+    """Writes ``<out_dir>/<kind>.jsonl`` per kind (the stem is the ``data_source``); kind -> path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for kind in KINDS:
+        rows = [prompt_row(t) for t in tasks if t.kind == kind]
+        if not rows:
+            continue
+        path = out_dir / f"{kind}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        paths[kind] = str(path)
+    return paths
+
+
+def write_corpus(world: World, path: str | Path) -> str:
+    """Writes the search corpus JSONL (``SearchConfig(backend="bm25", corpus_path=path)``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(d) + "\n" for d in corpus_docs(world)), encoding="utf-8")
+    return str(path)
+
+
+def prompt_messages(question: str, system_prompt: str | None = SYSTEM_PROMPT) -> list[dict[str, str]]:
+    """``[system, user]`` messages of a question (what the SFT traces and the rollout render)."""
+    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return msgs + [{"role": "user", "content": question}]
