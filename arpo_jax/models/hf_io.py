@@ -252,15 +252,29 @@ def load_hf(path: str | Path, *, dtype: str | None = None, param_dtype: str | No
 
 
 # ------------------------------------------------------------------------------ export
+def _fetch(x) -> np.ndarray:
+    """The whole value of ``x`` on this host. An array spread over several processes is
+    all-gathered (a collective: every process must call this for it, in the same order)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+
 def save_hf(model: Transformer, cfg: ModelConfig, path: str | Path, *, tokenizer=None,
             max_shard_bytes: int = 4 << 30, dtype: str | None = None) -> Path:
     """Writes ``model`` as a HF checkpoint directory that ``AutoModelForCausalLM`` loads.
 
     dtype: storage dtype of the written tensors (default: the model's param dtype).
     Tensors are gathered one at a time; files are split at ``max_shard_bytes`` with an index.
+    Multi-host: every process must call this (parameters sharded over several processes are
+    all-gathered); only process 0 writes, the others return the same path.
     """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    writer = jax.process_index() == 0
+    if writer:
+        path.mkdir(parents=True, exist_ok=True)
     dtype = dtype or cfg.param_dtype
     np_dtype = jnp.dtype({"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype])
     state = nnx.state(model, nnx.Param)
@@ -268,12 +282,17 @@ def save_hf(model: Transformer, cfg: ModelConfig, path: str | Path, *, tokenizer
     size = 0
     for p, leaf in _flat_params(state):
         name, kind = _hf_name_and_kind(p)
-        arr = _to_hf(kind, np.asarray(jax.device_get(leaf)).astype(np_dtype))
+        host = _fetch(leaf)
+        if not writer:
+            continue
+        arr = _to_hf(kind, host.astype(np_dtype))
         if size and size + arr.nbytes > max_shard_bytes:
             shards.append({})
             size = 0
         shards[-1][name] = arr
         size += arr.nbytes
+    if not writer:
+        return path
     for old in path.glob("model*.safetensors*"):
         old.unlink()
     if len(shards) == 1:

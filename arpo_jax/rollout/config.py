@@ -34,8 +34,9 @@ class RolloutConfig:
       (``tool_limit_action`` "eos": append EOS as the release does, the format check then
       fails; "stop": end it as it stands).
     max_prompt_tokens: longer prompts are cut from the left (counted in the metrics).
-    num_slots: sampler slots (0: prompts per step × M). capacity: tokens per slot
-      (0: max_prompt_tokens + max_response_tokens + 1).
+    num_slots: sampler slots (0: prompts per step × M); in multi-host training, the slots of
+      all processes together (each samples with num_slots / processes). capacity: tokens per
+      slot (0: max_prompt_tokens + max_response_tokens + 1).
     temperature / top_p / top_k: sampling (paper: 1.0 / 1.0 / off); greedy for validation.
     chunk_size: tokens decoded per device call between host decisions.
     deterministic: a tool result is appended exactly one decode chunk after its call was

@@ -14,9 +14,15 @@
 6. a prompt whose trajectories have all ended below M gets fresh samples (paper: all missing
    at once; release: one per round).
 
-Every decision is drawn from a ``numpy.random.Generator`` seeded by ``run(seed=...)``, and
-every slot's sampling key from it too, so a rollout is reproducible from (params, prompts,
-seed). See ``RolloutConfig`` for the knobs and DESIGN.md §1–2 for the two branching rules.
+Randomness is per prompt: prompt j of ``run(prompts, seed=s, prompt_offset=o)`` draws its
+branching decisions and its trajectories' sampling keys (samples and branches) from its own
+``numpy.random.Generator`` seeded by (s, o + j), in the order of its own events. With
+``deterministic`` tools these events do not depend on the batch's other prompts either (a
+round in which no slot can decode still counts), so a prompt's trajectories are a function of
+(params, prompt, s, o + j): a step rolled out in shards (one per JAX process, each with its
+``prompt_offset``) gives exactly the trajectories of one run over all of it. Exceptions:
+``num_slots`` < prompts × M (prompts compete for slots), ``stale_entropy_baseline`` (keyed by
+slot), non-deterministic tools. ``RolloutConfig``: the knobs; DESIGN.md §1–2: the two rules.
 """
 
 from __future__ import annotations
@@ -131,7 +137,7 @@ class RolloutEngine:
             h0 = self._stale_initial.get(slot, h0)
         d = self._delta(h, h0)
         b = self.branching
-        u = float(self._rng.random())
+        u = float(self._rngs[traj.prompt_index].random())
         if b.rule == "release":
             prob = float(br.release_branch_probability(np.float32(d), b.entropy_weight, b.threshold))
             branch = bool(br.release_branch_decisions(np.float32(u), np.float32(d), b.entropy_weight, b.threshold))
@@ -165,11 +171,14 @@ class RolloutEngine:
         if not free:
             return
         trajs = [self._new_traj(self._queue.popleft()) for _ in free]
-        keys = self._rng.integers(0, 2**32, (len(free), 2), dtype=np.uint32)
         self.sampler.insert(free, [t.prompt_tokens for t in trajs], budgets=[self.cfg.max_response_tokens] * len(free),
-                            keys=list(keys))
+                            keys=[self._key(t.prompt_index) for t in trajs])
         for s, t in zip(free, trajs):
             self._live[s] = _Live(t)
+
+    def _key(self, prompt: int) -> np.ndarray:
+        """A fresh sampling key (raw uint32 [2]) from ``prompt``'s stream."""
+        return self._rngs[prompt].integers(0, 2**32, 2, dtype=np.uint32)
 
     def _fork(self, slot: int, n: int, rewind_to=None) -> None:
         """``n`` branches of ``slot``'s trajectory: forked at the response position of
@@ -180,7 +189,7 @@ class RolloutEngine:
         if not children:
             return
         n = len(children)
-        self.sampler.fork(slot, children)
+        self.sampler.fork(slot, children, keys=[self._key(parent.prompt_index) for _ in children])
         upto = len(parent.tokens)
         if rewind_to is not None:
             length, pending, budget, upto = rewind_to
@@ -196,12 +205,18 @@ class RolloutEngine:
         self.sampler.release([slot])
 
     # ---------------------------------------------------------------------------- loop
-    def run(self, prompts: Sequence[Sequence[int]], *, seed: int = 0) -> RolloutResult:
+    def run(self, prompts: Sequence[Sequence[int]], *, seed: int = 0, prompt_offset: int = 0) -> RolloutResult:
         """Rolls out ``prompts`` (token ids; longer than ``max_prompt_tokens`` are cut from the
-        left): M trajectories each. Returns a ``RolloutResult``."""
+        left): M trajectories each. Returns a ``RolloutResult`` (``prompt_index`` counts from 0).
+
+        prompt_offset: the position of ``prompts[0]`` in the whole batch when this call rolls out
+        one shard of it; prompt j's randomness is seeded by (seed, prompt_offset + j).
+        """
         cfg = self.cfg
         t_start = time.perf_counter()
-        self._rng = np.random.default_rng(seed)
+        if seed < 0 or prompt_offset < 0:
+            raise ValueError(f"seed ({seed}) and prompt_offset ({prompt_offset}) must be >= 0")
+        self._rngs = [np.random.default_rng([seed, prompt_offset + j]) for j in range(len(prompts))]
         cut = [len(p) > cfg.max_prompt_tokens for p in prompts]
         self._prompts = [list(p[-cfg.max_prompt_tokens:]) for p in prompts]
         if any(len(p) == 0 for p in self._prompts):
@@ -312,17 +327,21 @@ class RolloutEngine:
             live.branch_after_append = self._grant(decision)
 
     def _collect_tools(self, block: bool) -> None:
-        """Appends every finished tool result (blocking for one when nothing else can run)."""
+        """Appends every finished tool result (blocking for one when nothing else can run).
+        Slots are handled in trajectory creation order (``_live`` order), not slot order, so a
+        prompt's events do not depend on which slots its trajectories happen to occupy."""
         pending = {s: l for s, l in self._live.items() if l.pending_call is not None}
         if not pending:
             return
-        if self.cfg.deterministic:  # due: submitted before the last chunk (all, when nothing else can run)
-            ready = sorted(s for s, l in pending.items() if block or l.pending_call[4] < self._round)
+        if self.cfg.deterministic:  # due: submitted before the last chunk
+            if block:  # nothing can decode: an idle round, as if a chunk had run without these slots
+                self._round += 1
+            ready = [s for s, l in pending.items() if l.pending_call[4] < self._round]
             wait([pending[s].pending_call[0] for s in ready])
         else:
             if block:
                 wait([l.pending_call[0] for l in pending.values()], return_when=FIRST_COMPLETED)
-            ready = sorted(s for s, l in pending.items() if l.pending_call[0].done())
+            ready = [s for s, l in pending.items() if l.pending_call[0].done()]
         slots, spans = [], []
         for s in ready:
             live = self._live[s]

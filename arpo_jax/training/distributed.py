@@ -1,17 +1,26 @@
-"""Multi-host start-up: ``jax.distributed`` from the environment, per-process data shards.
+"""Multi-host start-up: ``jax.distributed`` from the environment, per-process data shards,
+host-level collectives and per-process copies of sharded parameters.
 
 TPU pods find their peers themselves (``jax.distributed.initialize()`` with no arguments).
 GPU and CPU clusters pass ``ARPO_COORDINATOR`` (host:port of process 0),
 ``ARPO_NUM_PROCESSES`` and ``ARPO_PROCESS_ID``; ``tpu_scripts/launch_gpu.sh`` sets them.
+
+Every function here that gathers is a collective: all processes must call it, in the same
+order. On one process they are identities (no communication).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import pickle
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from arpo_jax.models.sharding import make_mesh, state_shardings
 
 
 def initialize_from_env(environ=None) -> bool:
@@ -38,13 +47,79 @@ def is_main_process() -> bool:
     return jax.process_index() == 0
 
 
-def process_rows(num_rows: int) -> slice:
-    """The slice of a global batch of ``num_rows`` rows that this process feeds."""
+def process_rows(num_rows: int, name: str | None = None) -> slice:
+    """The slice of a global batch of N = ``num_rows`` rows (or prompts) that this process
+    feeds: [i·N/n, (i+1)·N/n) for process i of n. ``name``: the config key an error names."""
     n, i = jax.process_count(), jax.process_index()
     if num_rows % n:
-        raise ValueError(f"global batch of {num_rows} rows does not split over {n} processes")
+        what = f"{name} ({num_rows})" if name else f"global batch of {num_rows} rows"
+        raise ValueError(f"{what} must split evenly over the {n} JAX processes")
     per = num_rows // n
     return slice(i * per, (i + 1) * per)
+
+
+def rows_held(sharding: NamedSharding, num_rows: int) -> int:
+    """How many distinct rows of a [num_rows, ...] array laid out by ``sharding`` this
+    process's devices hold (num_rows / processes when the rows split over the processes)."""
+    shape = (num_rows,) + (1,) * (len(sharding.spec) - 1 if sharding.spec else 0)
+    held = set()
+    for index in sharding.addressable_devices_indices_map(shape).values():
+        held.update(range(*index[0].indices(num_rows)))
+    return len(held)
+
+
+def allgather_objects(obj) -> list:
+    """``obj`` of every process, in process order (pickled through ``process_allgather``)."""
+    if jax.process_count() == 1:
+        return [obj]
+    data = np.frombuffer(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.int32(data.size)))
+    buf = np.zeros(int(sizes.max()), np.uint8)
+    buf[: data.size] = data
+    bufs = np.asarray(multihost_utils.process_allgather(buf))  # [processes, longest]
+    return [pickle.loads(b[:n].tobytes()) for b, n in zip(bufs, sizes)]
+
+
+def allgather_max(values) -> np.ndarray:
+    """The element-wise maximum over processes of an int array of the same shape everywhere."""
+    values = np.asarray(values, np.int32)
+    if jax.process_count() == 1:
+        return values
+    return np.asarray(multihost_utils.process_allgather(values)).max(axis=0)
+
+
+def local_mesh(mesh: Mesh) -> Mesh:
+    """A mesh over this process's own devices, for work each process does alone (rollouts):
+    ``mesh`` itself on one process; else ``mesh``'s layout on ``jax.local_devices()``: its
+    tensor size (when it divides the local device count) and the other devices on fsdp when
+    ``mesh`` shards parameters over fsdp, on data otherwise."""
+    if jax.process_count() == 1:
+        return mesh
+    devices = jax.local_devices()
+    tensor = mesh.shape["tensor"] if len(devices) % mesh.shape["tensor"] == 0 else 1
+    return make_mesh((1, -1, tensor) if mesh.shape["fsdp"] > 1 else (-1, 1, tensor), devices=devices)
+
+
+@functools.lru_cache(maxsize=8)
+def _replicate(mesh: Mesh):
+    return jax.jit(lambda x: x, out_shardings=NamedSharding(mesh, P()))
+
+
+def local_copy(tree, mesh: Mesh):
+    """A full copy of the (global, sharded) arrays ``tree`` on this process's devices, laid
+    out for ``mesh`` (a ``local_mesh``) by the parameter partition rules. A leaf spread over
+    several processes is all-gathered on device (one leaf at a time, so the extra memory is
+    one replicated leaf) and its local replica re-sharded. The identity on one process."""
+    if jax.process_count() == 1:
+        return tree
+
+    def one(x, sharding):
+        if x.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        full = x if x.is_fully_replicated else _replicate(x.sharding.mesh)(x)
+        return jax.device_put(full.addressable_data(0), sharding)
+
+    return jax.tree.map(one, tree, state_shardings(tree, mesh))
 
 
 def global_batch(local_tree, sharding: NamedSharding):

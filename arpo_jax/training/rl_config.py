@@ -96,6 +96,8 @@ class RLTrainConfig:
       pass of the policy before the update, as verl); the gap is a metric either way.
     logits_chunk: compute log-probs over time chunks of this many tokens (0 = all at once) so
       [B, T, V] logits are never materialised for long sequences.
+    pad_len: pad every update batch to this many tokens (e.g. max prompt + max response), so
+      the update compiles once (0: power-of-two length buckets, one compilation per bucket).
     val_every: greedy validation (no branching) every n steps (0 = never); val_before_train.
     save_every / export_every: intervals in steps (0 = never); final ones are always written.
     max_consecutive_skips, debug_nan_step/count, debug_step_sleep, preempt_exit_code: as SFT.
@@ -108,6 +110,7 @@ class RLTrainConfig:
     micro_batch_size: int = 0
     old_logprobs: Literal["sampler", "recompute"] = "sampler"
     logits_chunk: int = 0
+    pad_len: int = 0
     seed: int = 0
     out_dir: str = "runs/train"
     checkpoint_dir: str = ""
@@ -131,6 +134,8 @@ class RLTrainConfig:
     def __post_init__(self):
         if self.steps < 0 or (self.epochs < 1 and not self.steps):
             raise ValueError("train.steps must be >= 0 and train.epochs >= 1 when steps is 0")
+        if self.pad_len < 0:
+            raise ValueError("train.pad_len must be >= 0")
         if self.mini_batches < 1 or self.ppo_epochs < 1 or self.micro_batch_size < 0:
             raise ValueError("train.mini_batches and train.ppo_epochs must be >= 1, micro_batch_size >= 0")
 

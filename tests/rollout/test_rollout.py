@@ -158,3 +158,37 @@ def test_tool_limit_ends_the_trajectory_with_eos(setup):
         assert t.num_tool_calls == 1 and t.tokens[-1] == tok.eos_token_id and t.mask[-1] == 0
         assert t.text.rstrip().endswith("</python>")
     assert all(t.num_tool_calls <= 1 for t in res.trajectories)
+
+
+def _by_prompt(res, offset=0):
+    """Each prompt's trajectories (creation order; parents as ordinals within the prompt) and
+    decisions, keyed by the prompt's position in the whole batch."""
+    trees, decisions, ordinal = {}, {}, {}
+    for t in res.trajectories:
+        tree = trees.setdefault(offset + t.prompt_index, [])
+        ordinal[t.uid] = len(tree)
+        tree.append((t.tokens, t.mask, ordinal.get(t.parent, -1), t.branch_pos, t.finish_reason,
+                     [c.body for c in t.tool_calls], np.round(t.logprobs, 5).tolist()))
+    for d in res.decisions:
+        decisions.setdefault(offset + d["prompt_index"], []).append(
+            (ordinal[d["uid"]], d["position"], d["branch"], d["granted"], d["uniform"]))
+    return trees, decisions
+
+
+@pytest.mark.parametrize("policy", ["trajectory", "arpo", "arpo_release"])
+def test_prompt_shards_roll_out_exactly_like_the_whole_batch(setup, policy):
+    """Per-prompt randomness: two runs over halves of the batch (``prompt_offset``), on an
+    engine with half the slots, give exactly the trajectories and branching decisions of one
+    run over the whole batch — what the JAX processes of a multi-host RL step rely on."""
+    tok, _, _ = setup
+    prompts = [prompt_ids(tok)] * P
+    whole = _engine(setup, policy=policy).run(prompts, seed=5)
+    half = _engine(setup, policy=policy, num_slots=P // 2 * 8)
+    shards = [half.run(prompts[: P // 2], seed=5), half.run(prompts[P // 2:], seed=5, prompt_offset=P // 2)]
+    trees, decisions = _by_prompt(whole)
+    parts = [_by_prompt(r, offset=i * P // 2) for i, r in enumerate(shards)]
+    assert {**parts[0][0], **parts[1][0]} == trees
+    assert {**parts[0][1], **parts[1][1]} == decisions
+    assert len({str(v) for v in trees.values()}) > 1  # the prompts (identical text) were sampled differently
+    if policy != "trajectory":
+        assert sum(len(v) for v in decisions.values()) > 0

@@ -1,13 +1,19 @@
-"""One process of the two-process jax.distributed test (run by test_multihost.py)."""
+"""One process of the jax.distributed tests (run by test_multihost.py, one CPU device each).
+
+``multihost_worker.py update OUT``: two sharded policy updates on a fixed batch.
+``multihost_worker.py rl OUT CONFIG``: ``arpo-jax train`` on CONFIG; every process writes
+``OUT.<process>`` with the summary and the prompts its rollout engine was given.
+"""
 
 import json
 import os
 import sys
 
 os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
 
 import jax  # noqa: E402
+import jax.experimental.multihost_utils  # noqa: E402,F401
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
@@ -30,7 +36,7 @@ def fixed_batch(b=4, t=10):
     return dict(tokens=tokens, attention_mask=attn, loss_mask=loss_mask, old_logprobs=old_lp, advantages=adv)
 
 
-def main(out_path):
+def update_steps(out_path):
     distributed = initialize_from_env()
     mesh = make_mesh((-1, 1, 1))
     model = create_model(CFG, seed=0, mesh=mesh)
@@ -48,7 +54,30 @@ def main(out_path):
                        "devices": jax.device_count(), "distributed": distributed}, f)
 
 
-if __name__ == "__main__":
-    import jax.experimental.multihost_utils  # noqa: F401
+def rl_run(out_path, config_path):
+    from arpo_jax.config import load_config
+    from arpo_jax.rollout import RolloutEngine
+    from arpo_jax.training.rl import run_train
+    from arpo_jax.training.rl_config import RLConfig
 
-    main(sys.argv[1])
+    initialize_from_env()
+    calls = []
+    run = RolloutEngine.run
+
+    def recording_run(self, prompts, **kw):  # what this process's engine rolled out
+        calls.append({"prompts": len(prompts), "offset": kw.get("prompt_offset", 0), "slots": self.num_slots})
+        return run(self, prompts, **kw)
+
+    RolloutEngine.run = recording_run
+    summary = run_train(load_config(RLConfig, config_path))
+    with open(f"{out_path}.{jax.process_index()}", "w") as f:
+        json.dump({"summary": summary, "calls": calls, "processes": jax.process_count(),
+                   "devices": jax.device_count()}, f, default=str)
+
+
+if __name__ == "__main__":
+    mode, out = sys.argv[1], sys.argv[2]
+    if mode == "update":
+        update_steps(out)
+    else:
+        rl_run(out, sys.argv[3])

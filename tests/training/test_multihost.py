@@ -1,4 +1,6 @@
-"""Two CPU processes with jax.distributed on 127.0.0.1 run the sharded update like one process."""
+"""Two CPU processes with jax.distributed on 127.0.0.1 run like one process: the sharded
+update, and a whole RL run (each process rolls out its own half of every step's prompts;
+same trajectories, loss, gradient norm and exported parameters as one process)."""
 
 import json
 import os
@@ -7,10 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+import yaml
 
+from arpo_jax.config import load_config
+from arpo_jax.models import load_hf
 from arpo_jax.training.distributed import initialize_from_env
+from arpo_jax.training.rl import RLRunner
+from arpo_jax.training.rl_config import RLConfig
+from tests.rollout.scripted import save_scripted, write_questions
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("multihost_worker.py")
@@ -22,15 +31,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(n: int, out: Path) -> dict:
+def _run(n: int, *args) -> None:
     port = _free_port()
     procs = []
     for i in range(n):
         env = dict(os.environ, PYTHONPATH=str(REPO))
         if n > 1:
             env.update(ARPO_COORDINATOR=f"127.0.0.1:{port}", ARPO_NUM_PROCESSES=str(n), ARPO_PROCESS_ID=str(i))
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out)], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), *map(str, args)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
         outputs = [p.communicate(timeout=240)[0] for p in procs]
     finally:
@@ -38,18 +47,106 @@ def _run(n: int, out: Path) -> dict:
             p.kill()
     for p, text in zip(procs, outputs):
         assert p.returncode == 0, text[-3000:]
-    return json.loads(out.read_text())
 
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
-    one = _run(1, tmp_path / "one.json")
-    two = _run(2, tmp_path / "two.json")
+    _run(1, "update", tmp_path / "one.json")
+    _run(2, "update", tmp_path / "two.json")
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
     assert one["processes"] == 1 and not one["distributed"]
     assert two["processes"] == 2 and two["devices"] == 2 and two["distributed"]
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(two["embed_sum"], one["embed_sum"], rtol=1e-5)
     assert one["losses"][1] != one["losses"][0]  # the first step changed the policy
+
+
+def _rl_yaml(root: Path, out: Path, prompts_per_step: int = 4, **train) -> Path:
+    ckpt = root / "scripted"
+    if not ckpt.exists():
+        save_scripted(ckpt)
+    questions = write_questions(root / "questions" / "test.jsonl", 8)
+    cfg = {
+        "model": {"path": str(ckpt), "mesh": [1, -1, 1]},  # params split over the 2 processes
+        "data": {"train_files": [str(questions)], "prompts_per_step": prompts_per_step},
+        "rollout": {"policy": "arpo", "total_rollouts": 4, "initial_rollouts": 2, "max_response_tokens": 40,
+                    "max_prompt_tokens": 64, "chunk_size": 8, "entropy_tokens": 3},
+        "tools": {"protocol": {"tools": ["python"]}, "python": {"timeout_s": 20}},
+        "reward": {"name": "math"},
+        "optimizer": {"lr": 0.002},
+        "train": {"steps": 2, "mini_batches": 2, "micro_batch_size": 2, "old_logprobs": "recompute",
+                  "save_every": 0, "async_checkpoint": False, "out_dir": str(out), **train},
+        "logging": {"progress": False, "tensorboard": False},
+    }
+    path = out.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _dump(out: Path) -> list[tuple]:
+    """Every step's trajectories as comparable rows (process order differs from uid order)."""
+    rows = []
+    for f in sorted((out / "rollouts").glob("step_*.jsonl")):
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            rows.append((r["step"], r["prompt_index"], r["response"], r["reward"], round(r["advantage"], 5),
+                         r["depth"], r["branch_pos"], r["mask"]))
+    return sorted(rows)
+
+
+@pytest.mark.slow
+def test_rl_step_on_two_processes_matches_one(tmp_path):
+    """ARPO with 2 mini-batches of 2 micro-batches and recomputed old log-probs, 2 steps:
+    each process rolls out only its 2 of the 4 prompts; together they give exactly the
+    single process's trajectories, rewards and advantages, and the updates (loss, gradient
+    norm) and the exported parameters (multi-host ``save_hf``) match to fp32 tolerance."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run(1, "rl", tmp_path / "one.json", _rl_yaml(tmp_path, one))
+    _run(2, "rl", tmp_path / "two.json", _rl_yaml(tmp_path, two))
+    ref = json.loads((tmp_path / "one.json.0").read_text())
+    procs = [json.loads((tmp_path / f"two.json.{i}").read_text()) for i in range(2)]
+    assert ref["calls"] == [{"prompts": 4, "offset": 0, "slots": 16}] * 2
+    for i, p in enumerate(procs):
+        assert p["processes"] == 2 and p["devices"] == 2
+        assert p["calls"] == [{"prompts": 2, "offset": 2 * i, "slots": 8}] * 2  # its own half, every step
+    assert procs[1]["summary"]["exported"] == []  # process 0 writes (the dumps below hold no duplicates)
+
+    assert _dump(two) == _dump(one)  # the union over processes is the single-process rollout
+    m1, m2 = ([json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, two))
+    assert [r["step"] for r in m2] == [1, 2]
+    for a, b in zip(m1, m2):
+        for k in ("reward/mean", "reward/accuracy", "rollout/trajectories", "rollout/branches_per_prompt",
+                  "rollout/tool_calls_per_traj", "rollout/generated_tokens", "rollout/response_length"):
+            assert b[k] == a[k], k  # global values, not process 0's half
+        for k in ("update/loss", "update/grad_norm", "logprob_gap/sampler_vs_trainer"):
+            np.testing.assert_allclose(b[k], a[k], rtol=2e-5, atol=1e-6, err_msg=k)
+    assert m1[0]["rollout/trajectories"] == 4 * 4 and m1[1]["update/grad_norm"] > 0
+
+    exported = [Path(json.loads((tmp_path / f).read_text())["summary"]["exported"][-1])
+                for f in ("one.json.0", "two.json.0")]
+    assert exported[1].parent.parent == two
+    (ma, _), (mb, _) = load_hf(exported[0]), load_hf(exported[1])
+    before = load_hf(tmp_path / "scripted")[0]
+    for name in ("embed", "lm_head"):
+        a, b = np.asarray(getattr(ma, name)[...]), np.asarray(getattr(mb, name)[...])
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+        assert np.abs(a - np.asarray(getattr(before, name)[...])).max() > 1e-4  # the run trained
+    np.testing.assert_allclose(np.asarray(mb.layers[0].mlp.up_proj[...]), np.asarray(ma.layers[0].mlp.up_proj[...]),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ([], "data.prompts_per_step (3) must split evenly over the 2 JAX processes"),
+    (["data.prompts_per_step=4", "train.mini_batches=4"],
+     "data.prompts_per_step (4) / the 2 JAX processes must be a multiple of train.mini_batches (4)"),
+])
+def test_prompts_per_step_must_split_over_the_processes(tmp_path, monkeypatch, overrides, needle):
+    path = _rl_yaml(tmp_path, tmp_path / "run", prompts_per_step=3)
+    cfg = load_config(RLConfig, path, overrides)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ValueError) as e:
+        RLRunner(cfg)
+    assert needle in str(e.value) and "\n" not in str(e.value)
 
 
 def test_partial_environment_is_an_error():
