@@ -9,6 +9,7 @@ that names the offending key.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -22,6 +23,8 @@ T = TypeVar("T")
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key."""
 
+
+_EXP_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Turns ``["a.b=1", "c=x"]`` into a nested dict; values are parsed as YAML scalars."""
@@ -104,6 +107,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
         return dict(value)
     if tp is float:
+        if isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # PyYAML (YAML 1.1) reads "3e-3" as a string; a user means 0.003
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
         return float(value)

@@ -30,12 +30,16 @@ def test_yaml_and_overrides(tmp_path):
     cfg = load_config(Outer, f, ["inner.steps=7", "flag=true", "mesh=[2,2,2]", "note=hi"])
     assert cfg == Outer(inner=Inner(lr=2e-5, steps=7, tags=["a", "b"]), seed=3, flag=True, mesh=(2, 2, 2), note="hi")
     assert load_config(Outer, None, ["inner.lr=1"]).inner.lr == 1.0  # int accepted as float
+    assert load_config(Outer, None, ["inner.lr=3e-3"]).inner.lr == 0.003  # YAML 1.1 reads this as a string
+    f.write_text("inner:\n  lr: 1E-4\n")
+    assert load_config(Outer, f).inner.lr == 1e-4
 
 
 @pytest.mark.parametrize("override,match", [
     (["inner.stepz=3"], r"unknown config key 'inner\.stepz'"),
     (["sed=3"], r"unknown config key 'sed'"),
     (["inner.steps=abc"], r"inner\.steps: expected int, got str 'abc'"),
+    (["inner.lr=fast"], r"inner\.lr: expected float, got str 'fast'"),
     (["flag=3"], r"flag: expected bool"),
     (["mesh=[1,2]"], r"mesh: expected 3 items"),
     (["inner=5"], r"inner: expected a section"),

@@ -19,6 +19,22 @@ def _mean_std(xs) -> str:
     return f"{xs.mean():.3f} ± {xs.std(ddof=1) if len(xs) > 1 else 0.0:.3f}"
 
 
+START, END = "<!-- compare:start -->", "<!-- compare:end -->"
+
+
+def write_section(path: Path, md: str) -> None:
+    """Puts ``md`` between the compare markers of ``path`` (appended when absent), leaving the
+    rest of the file (e.g. the default demo's measured run) as it is."""
+    block = f"{START}\n{md.rstrip()}\n{END}\n"
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if START in old and END in old:
+        new = old[: old.index(START)] + block + old[old.index(END) + len(END):].lstrip("\n")
+    else:
+        new = (old.rstrip() + "\n\n" if old.strip() else "") + block
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new, encoding="utf-8")
+
+
 def run_compare(out: Path, *, seeds: int = 3, quick: bool = False, results_md: str | None = "docs/results.md") -> dict:
     """Runs data + SFT once, then GRPO and ARPO RL + held-out eval for each seed."""
     from arpo_jax.demo.data import prepare_demo_data
@@ -70,7 +86,7 @@ def run_compare(out: Path, *, seeds: int = 3, quick: bool = False, results_md: s
                 f"{size.prompts_per_step} prompts per step, {size.rl_steps} RL steps, {size.n_heldout} held-out "
                 f"questions (greedy), SFT {size.sft_steps} steps")
     table = "\n".join(lines)
-    md = (f"# Demo results: GRPO vs ARPO\n\nCommand: `arpo-jax demo --compare --seeds {seeds}"
+    md = (f"## GRPO vs ARPO (`--compare`)\n\nCommand: `arpo-jax demo --compare --seeds {seeds}"
           f"{' --quick' if quick else ''}` (total {time.perf_counter() - t0:.0f} s).\n\nSetting: {size_txt}. "
           f"Same SFT checkpoint for every run (held-out accuracy after SFT: {sft_acc:.3f}); seeds 0..{seeds - 1} "
           f"change the RL rollouts and prompt order. Mean ± sample std over seeds.\n\n{table}\n\n"
@@ -78,7 +94,6 @@ def run_compare(out: Path, *, seeds: int = 3, quick: bool = False, results_md: s
     summary = {"sft_accuracy": sft_acc, "results": results, "markdown": md}
     (out / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
     if results_md:
-        Path(results_md).parent.mkdir(parents=True, exist_ok=True)
-        Path(results_md).write_text(md)
+        write_section(Path(results_md), md)
     print(md)
     return summary

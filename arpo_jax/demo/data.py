@@ -11,7 +11,7 @@ Layout of ``out_dir``::
     manifest.json                the paths, counts and tool settings below
 
 The tools used to build the traces are the ones RL must use: ``DEMO_SEARCH`` settings over
-``corpus.jsonl`` (top 2 pages, 200 characters each) and the default sandboxed Python tool.
+``corpus.jsonl`` (the top page only, to keep traces short) and the default sandboxed Python tool.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from arpo_jax.demo import tasks as T
 from arpo_jax.demo.tokenizer import train_tokenizer
 from arpo_jax.demo.traces import TraceMix, make_traces, response_text, write_traces
 
-DEMO_SEARCH = {"backend": "bm25", "top_k": 2, "snippet_chars": 200}
+DEMO_SEARCH = {"backend": "bm25", "top_k": 1, "snippet_chars": 200}
 """``SearchConfig`` fields of the demo (plus ``corpus_path`` / ``index_dir`` from the manifest)."""
 
 SIZES = {
@@ -45,10 +45,19 @@ def search_config(paths: dict):
 def tokenizer_texts(world: T.World, rows: list[dict]) -> list[str]:
     """Text the tokenizer is trained on: the system prompt, corpus snippets, questions, traces."""
     texts = [T.SYSTEM_PROMPT] * 20 + ["system user assistant"] * 20  # the chat template's role names
+    texts += [" ".join(T.syllables())] * 4  # every syllable a name can have becomes one token
     texts += [f"{d['title']}: {d['text']}" for d in T.corpus_docs(world)]
     texts += [r["prompt"][-1]["content"] for r in rows]
     texts += [response_text(r) for r in rows]
     return texts
+
+
+def irregular_names(tokenizer, world: T.World) -> list[str]:
+    """Names that do not tokenize to one token per syllable after a space (empty when fine):
+    the fixed shapes the demo's tasks rely on (see ``arpo_jax.demo.tasks``)."""
+    names = [p.name for s in T.SPLITS for p in world.people[s]] + [c.name for s in T.SPLITS for c in world.cities[s]]
+    want = {n: sum(1 + 2 for _ in n.split()) for n in names}  # "Ġ" + two syllables per word
+    return [n for n in names if len(tokenizer(" " + n, add_special_tokens=False)["input_ids"]) != want[n]]
 
 
 def prepare_demo_data(out_dir: str | Path, seed: int = 0, quick: bool = False, *, n_train: int | None = None,
@@ -96,6 +105,9 @@ def prepare_demo_data(out_dir: str | Path, seed: int = 0, quick: bool = False, *
     paths["sft_traces"] = write_traces(rows, out / "sft_traces.jsonl")
     tok = train_tokenizer(tokenizer_texts(world, rows), out / "tokenizer", vocab_size=vocab_size)
     paths["tokenizer"] = str(out / "tokenizer")
+    bad = irregular_names(tok, world)
+    if bad:
+        raise RuntimeError(f"{len(bad)} generated names do not tokenize one token per syllable, e.g. {bad[:3]}")
     styles = Counter(f"{r['kind']}/{r['style']}" for r in rows)
     paths["counts"] = {"train_prompts": len(train), "heldout_prompts": len(heldout), "sft_traces": len(rows),
                        "corpus_docs": sum(1 for _ in open(paths["corpus"], encoding="utf-8")),

@@ -30,6 +30,7 @@ import yaml
 from arpo_jax.demo import tasks as T
 
 REWARDS = {"arith": "math", "fact": "qa_em", "multihop": "math"}
+MAX_PROMPT, MAX_RESPONSE = 64, 128  # demo prompts are ~35 tokens, the longest traces ~90
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +47,7 @@ class DemoSize:
     sft_batch: int = 32
 
 
-SIZES = {"default": DemoSize(5000, 150, 300, 20, 8, 8, 4),
+SIZES = {"default": DemoSize(40000, 150, 2800, 30, 8, 8, 4, sft_batch=16),
          "quick": DemoSize(300, 12, 24, 2, 4, 4, 2, sft_batch=8)}
 
 
@@ -76,7 +77,7 @@ def tools_config(paths: dict) -> dict:
 
 def rollout_config(size: DemoSize, policy: str) -> dict:
     return {"policy": policy, "total_rollouts": size.total_rollouts, "initial_rollouts": size.initial_rollouts,
-            "max_response_tokens": 160, "max_prompt_tokens": 160, "max_tool_calls": 3, "chunk_size": 16,
+            "max_response_tokens": MAX_RESPONSE, "max_prompt_tokens": MAX_PROMPT, "max_tool_calls": 3, "chunk_size": 16,
             "entropy_tokens": 10, "paper_decision": "stochastic"}
 
 
@@ -89,8 +90,9 @@ def rl_config(paths: dict, model: str, out: Path, size: DemoSize, policy: str, s
         "tools": tools_config(paths),
         "reward": {"by_source": REWARDS},
         "algorithm": {"advantage": "arpo_soft" if policy != "trajectory" else "grpo"},
-        "optimizer": {"lr": 3.0e-4, "grad_clip": 1.0},
+        "optimizer": {"lr": 1.0e-3, "grad_clip": 1.0},
         "train": {"steps": size.rl_steps, "seed": seed, "out_dir": str(out), "save_every": 0, "keep": 1,
+                  "pad_len": MAX_PROMPT + MAX_RESPONSE,
                   "micro_batch_size": size.total_rollouts * 2},
         "logging": {"tensorboard": False, "run_name": f"demo_{policy}"},
     }

@@ -2,11 +2,18 @@
 
 Three kinds of question, each a ``data_source`` of its own:
 
-* ``arith``: ``a*b`` or ``a*b+c`` with 3-4 digit ``a`` and 2-3 digit ``b`` -> the Python tool;
-* ``fact``: facts about generated fictional people and cities (where or when a person was
-  born, when a city was founded), found only through the search tool over a generated corpus
-  (one JSONL document per entity, BM25 backend);
-* ``multihop``: a year found by search, multiplied by a number -> search, then Python.
+* ``arith``: ``a*b`` with a 4-digit ``a`` and a 3-digit ``b`` (a 7-digit product) -> the Python tool;
+* ``fact``: where a generated fictional person was born, found only through the
+  search tool over a generated corpus (one JSONL document per person, BM25 backend);
+* ``multihop``: a birth year found by search, multiplied by a 2-digit number -> search, then Python.
+
+Every name, number and document has a fixed shape: a person is "First Last" with two
+two-syllable words, a city one two-syllable word, years and operands a fixed number of
+digits, and every document the same template. With the demo's tokenizer (one token per
+syllable and per digit) whatever the agent must copy (a name into a query, operands into
+code, a result into the answer) sits at a fixed distance from where it is written, so a
+model trained from scratch in a few minutes on a CPU learns to copy; what it still has to
+learn is *whether* to call a tool, which is what RL improves.
 
 The train and held-out splits use disjoint people, disjoint cities and disjoint operand
 pools (every number an arithmetic or multi-hop question contains belongs to one split only),
@@ -23,36 +30,29 @@ import json
 import random
 from pathlib import Path
 
-SYSTEM_PROMPT = (
-    "Use tools. <python> code </python> runs Python; <search> query </search> searches; "
-    "results come in <result> </result>. Think in <think> </think>. Answer as <answer> \\boxed{answer} </answer>."
-)
+SYSTEM_PROMPT = "Use tools."
 """The demo's compact system prompt (the chat template's default system message too)."""
 
 KINDS = ("arith", "fact", "multihop")
 SPLITS = ("train", "heldout")
-JOBS = ("inventor", "painter", "poet", "sailor", "chemist", "architect", "composer", "explorer")
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "tr", "th")
 _VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
-_CODAS = ("", "", "n", "r", "l", "s", "k", "th", "m")
 
 
 @dataclasses.dataclass(frozen=True)
 class Person:
-    """A fictional person: a unique two-word name, a job, a birth city and a birth year."""
+    """A fictional person: a unique two-word name, a birth city and a birth year."""
 
     name: str
-    job: str
     city: str
     born: int
 
 
 @dataclasses.dataclass(frozen=True)
 class City:
-    """A fictional city with a founding year."""
+    """A fictional city (a birthplace)."""
 
     name: str
-    founded: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,16 +80,22 @@ class Task:
     entity: str = ""
 
 
-def _word(rng: random.Random, syllables: int) -> str:
-    parts = [rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(syllables)]
-    return ("".join(parts) + rng.choice(_CODAS)).capitalize()
+def syllables() -> list[str]:
+    """Every syllable a generated name can contain, capitalised and not."""
+    lower = [o + v for o in _ONSETS for v in _VOWELS]
+    return lower + [x.capitalize() for x in lower]
 
 
-def _unique_words(rng: random.Random, n: int, syllables: tuple[int, ...], taken: set[str]) -> list[str]:
+def _word(rng: random.Random) -> str:
+    """A capitalised two-syllable word (consonant onset + vowel group, twice): two tokens."""
+    return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(2)).capitalize()
+
+
+def _unique_words(rng: random.Random, n: int, taken: set[str]) -> list[str]:
     out: list[str] = []
     while len(out) < n:
-        w = _word(rng, rng.choice(syllables))
-        if w not in taken and 4 <= len(w) <= 10:
+        w = _word(rng)
+        if w not in taken:
             taken.add(w)
             out.append(w)
     return out
@@ -102,81 +108,59 @@ def _number_split(rng: random.Random, lo: int, hi: int, heldout_share: float) ->
     return {"heldout": set(pool[:cut]), "train": set(pool[cut:])}
 
 
-def build_world(seed: int = 0, people: tuple[int, int] = (2400, 300), cities: tuple[int, int] = (240, 60),
+def build_world(seed: int = 0, people: tuple[int, int] = (2400, 300), cities: tuple[int, int] = (120, 40),
                 heldout_share: float = 0.25) -> World:
     """Generates the entities and operand pools; ``people``/``cities`` are (train, held-out) counts.
 
     City names, first names and last names are three disjoint word sets, so a search for a
-    person never matches a city by name. A person's birth city is from the same split. Many
-    people share a first or a last name (other pages of a search result are such namesakes),
-    and there are enough people that SFT traces rarely repeat a fact: the cold-start model
-    must learn to copy from the tool result rather than memorise answers.
+    person never matches a city. A person's birth city is from the same split. Many people
+    share a first or a last name (BM25 ranks the person matching both first), and there are
+    enough people that SFT traces rarely repeat a fact: the cold-start model must learn to
+    copy from the tool result rather than memorise answers.
     """
     rng = random.Random(f"arpo-demo-world-{seed}")
     taken: set[str] = set()
-    city_names = _unique_words(rng, sum(cities), (2, 3), taken)
-    firsts = _unique_words(rng, 120, (1, 2), taken)
-    lasts = _unique_words(rng, 120, (1, 2), taken)
-    all_cities = [City(n, rng.randint(1100, 1890)) for n in city_names]
+    city_names = _unique_words(rng, sum(cities), taken)
+    firsts = _unique_words(rng, 120, taken)
+    lasts = _unique_words(rng, 120, taken)
+    all_cities = [City(n) for n in city_names]
     split_cities = {"train": all_cities[: cities[0]], "heldout": all_cities[cities[0]:]}
     names = [f"{f} {l}" for f in firsts for l in lasts]
     rng.shuffle(names)
     split_people: dict[str, list[Person]] = {}
     start = 0
     for split, n in zip(SPLITS, people):
-        split_people[split] = [Person(name, rng.choice(JOBS), rng.choice(split_cities[split]).name,
-                                      rng.randint(1600, 1990)) for name in names[start:start + n]]
+        split_people[split] = [Person(name, rng.choice(split_cities[split]).name,
+                                      rng.randint(1700, 1999)) for name in names[start:start + n]]
         start += n
-    numbers = _number_split(rng, 10, 9999, heldout_share)  # one partition: no number is in both splits
-    ranges = {"a": (100, 9999), "b": (11, 999), "c": (10, 999), "k": (11, 99)}
+    numbers = _number_split(rng, 60, 9999, heldout_share)  # one partition: no number is in both splits
+    ranges = {"a": (2000, 9999), "b": (500, 999), "k": (60, 99)}  # a*b: 7 digits; year*k: 6 digits
     operands = {s: {key: [n for n in range(lo, hi + 1) if n in numbers[s]] for key, (lo, hi) in ranges.items()}
                 for s in SPLITS}
     return World(split_people, split_cities, operands)
 
 
 def corpus_docs(world: World) -> list[dict]:
-    """One ``{"id", "title", "text"}`` document per person and per city (both splits)."""
-    docs = []
-    for split in SPLITS:
-        for p in world.people[split]:
-            docs.append({"id": f"p{len(docs)}", "title": p.name,
-                         "text": f"{p.job.capitalize()} born in {p.city} in {p.born}."})
-        for c in world.cities[split]:
-            docs.append({"id": f"c{len(docs)}", "title": c.name, "text": f"City founded in {c.founded}."})
-    return docs
+    """One ``{"id", "title", "text"}`` document per person (both splits)."""
+    return [{"id": f"p{i}", "title": p.name, "text": f"born in {p.city} in {p.born}."}
+            for i, p in enumerate(p for split in SPLITS for p in world.people[split])]
 
 
 def _arith(rng: random.Random, ops: dict[str, list[int]]) -> tuple[str, str, tuple]:
     a, b = rng.choice(ops["a"]), rng.choice(ops["b"])
-    if rng.random() < 0.5:
-        expr = f"{a}*{b}"
-        return f"What is {expr}?", str(a * b), (("python", f"print({expr})"),)
-    c = rng.choice(ops["c"])
-    expr = f"{a}*{b}+{c}"
-    return f"What is {expr}?", str(a * b + c), (("python", f"print({expr})"),)
+    expr = f"{a}*{b}"
+    return f"What is {expr}?", str(a * b), (("python", f"print({expr})"),)
 
 
-def _fact(rng: random.Random, people: list[Person], cities: list[City]) -> tuple[str, str, tuple, str]:
-    r = rng.random()
-    if r < 0.4:
-        p = rng.choice(people)
-        return f"In which city was the {p.job} {p.name} born?", p.city, (("search", p.name),), p.name
-    if r < 0.7:
-        p = rng.choice(people)
-        return f"In what year was the {p.job} {p.name} born?", str(p.born), (("search", p.name),), p.name
-    c = rng.choice(cities)
-    return f"In what year was the city of {c.name} founded?", str(c.founded), (("search", c.name),), c.name
+def _fact(rng: random.Random, people: list[Person]) -> tuple[str, str, tuple, str]:
+    p = rng.choice(people)
+    return f"Where was {p.name} born?", p.city, (("search", p.name),), p.name
 
 
-def _multihop(rng: random.Random, people: list[Person], cities: list[City], ks: list[int]) -> tuple:
-    k = rng.choice(ks)
-    if rng.random() < 0.5:
-        p = rng.choice(people)
-        q = f"What is the birth year of the {p.job} {p.name} times {k}?"
-        return q, str(p.born * k), (("search", p.name), ("python", f"print({p.born}*{k})")), p.name
-    c = rng.choice(cities)
-    q = f"What is the founding year of the city of {c.name} times {k}?"
-    return q, str(c.founded * k), (("search", c.name), ("python", f"print({c.founded}*{k})")), c.name
+def _multihop(rng: random.Random, people: list[Person], ks: list[int]) -> tuple:
+    k, p = rng.choice(ks), rng.choice(people)
+    q = f"Multiply by {k}: when was {p.name} born?"
+    return q, str(p.born * k), (("search", p.name), ("python", f"print({p.born}*{k})")), p.name
 
 
 def make_tasks(world: World, split: str, n: int, seed: int = 0,
@@ -185,7 +169,7 @@ def make_tasks(world: World, split: str, n: int, seed: int = 0,
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     rng = random.Random(f"arpo-demo-tasks-{seed}-{split}")
-    people, cities, ops = world.people[split], world.cities[split], world.operands[split]
+    people, ops = world.people[split], world.operands[split]
     counts = [int(round(n * m)) for m in mix]
     counts[0] += n - sum(counts)
     tasks: list[Task] = []
@@ -198,9 +182,9 @@ def make_tasks(world: World, split: str, n: int, seed: int = 0,
                 q, ans, calls = _arith(rng, ops)
                 entity = ""
             elif kind == "fact":
-                q, ans, calls, entity = _fact(rng, people, cities)
+                q, ans, calls, entity = _fact(rng, people)
             else:
-                q, ans, calls, entity = _multihop(rng, people, cities, ops["k"])
+                q, ans, calls, entity = _multihop(rng, people, ops["k"])
             if q in seen and tries < 50 * count:  # repeats allowed only once the pool is exhausted
                 continue
             seen.add(q)

@@ -1,11 +1,12 @@
 """The demo's tokenizer: a byte-level BPE trained on the generated text, saved as an HF directory.
 
-* The merges are learnt on isolated pieces (letter runs, single digits, whitespace runs,
-  punctuation runs; capitalised words, i.e. the generated names, cut into syllables) and
-  applied with Qwen2's own pre-tokenizer, so no token joins a space or punctuation to a word:
-  a name or a number gets the same tokens wherever it occurs (after a space, after ``{``, at
-  the start of a call), and copying it from the question or a tool result is a plain token
-  copy. Held-out names are made of the same syllable tokens as training names. Because the
+* The merges are learnt on isolated pieces (syllables = consonants followed by vowels, other
+  letter runs, single digits, whitespace runs, punctuation runs) and applied with Qwen2's own
+  pre-tokenizer, so no token joins a space or punctuation to a word, and no merge crosses a
+  syllable boundary (none joins a vowel to the next consonant): a generated name is exactly
+  one token per syllable wherever it occurs (after a space, after ``{``, at the start of a
+  call), and copying it from the question or a tool result is a plain token copy. Held-out
+  names are made of the same syllable tokens as training names. Because the
   normaliser and pre-tokenizer are Qwen2's, ``AutoTokenizer`` loading the tokenizer beside an
   exported qwen2 checkpoint (where transformers 5 rebuilds a ``Qwen2Tokenizer`` from the
   vocabulary and merges) tokenizes exactly as the saved tokenizer does.
@@ -30,11 +31,10 @@ TOOL_TAGS = ("<think>", "</think>", "<python>", "</python>", "<search>", "</sear
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|endoftext|>"
-_CONS = "b-df-hj-np-tv-z"
+_CONS = "b-df-hj-np-tv-zB-DF-HJ-NP-TV-Z"
 PRETOKENIZE_PATTERN = (
-    rf"\p{{Lu}}[{_CONS}]*[aeiou]*"  # a capitalised word (the generated names) is split into syllables:
-    rf"|(?<=[aeiou])[{_CONS}]+[aeiou]+"  # ... its first one, then each consonants+vowels group
-    r"|\p{L}+|\p{N}|\s+|[^\s\p{L}\p{N}]+"  # other words whole, single digits, spaces, punctuation
+    rf"[{_CONS}]*[aeiouAEIOU]+"  # every word is cut into syllables (consonants + vowels), so no merge
+    r"|\p{L}+|\p{N}|\s+|[^\s\p{L}\p{N}]+"  # joins a vowel to a following consonant; the rest as usual
 )
 
 QWEN2_PRETOKENIZE_PATTERN = (

@@ -12,8 +12,8 @@ bytes RL will insert. Styles:
 * ``tool``: the shortest correct solution (one call per step of ``Task.calls``);
 * ``redundant``: correct, but one call is repeated before answering;
 * ``guess``: answers without the tool(s) a step needs -> a plausible wrong answer (for
-  ``multihop`` half of the guesses search first and then skip the Python step, so the
-  decision to guess also happens right after a tool result).
+  ``multihop`` most guesses search first and then skip the Python step, so the decision to
+  guess happens right after a tool result, where ARPO branches).
 
 ``style_shares`` sets the share of each imperfect style per kind: the cold-start policy
 learns those branch probabilities, which is the room RL has to improve on.
@@ -30,18 +30,20 @@ from pathlib import Path
 
 from arpo_jax.demo.tasks import SYSTEM_PROMPT, Task, prompt_messages
 
-THINK_TOOL = {"arith": "Compute it with python.", "fact": "Search for it.", "multihop": "Search, then compute."}
-THINK_GUESS = "I can answer without tools."
-THINK_GUESS_AFTER = "I can compute it myself."
+THINK_TOOL = {"arith": "Use python.", "fact": "Use search.", "multihop": "Use search."}
+THINK_GUESS = "Guess."
+THINK_GUESS_AFTER = "Guess."
 
 
 @dataclasses.dataclass(frozen=True)
 class TraceMix:
-    """Share of imperfect traces per kind: ``guess[kind]`` and ``redundant`` (all kinds)."""
+    """Share of imperfect traces per kind: ``guess[kind]`` and ``redundant`` (all kinds);
+    ``search_then_guess``: share of multi-hop guesses that search first and skip Python."""
 
     guess: dict[str, float] = dataclasses.field(
-        default_factory=lambda: {"arith": 0.55, "fact": 0.3, "multihop": 0.35})
+        default_factory=lambda: {"arith": 0.6, "fact": 0.3, "multihop": 0.6})
     redundant: float = 0.1
+    search_then_guess: float = 0.8
 
 
 def answer_text(answer: str) -> str:
@@ -70,10 +72,11 @@ def _call_text(tool: str, body: str) -> str:
     return f"<{tool}>{body}</{tool}>"
 
 
-def plan_trace(task: Task, style: str, rng: random.Random, pool: Sequence[str] = ()) -> list[tuple[str, object]]:
+def plan_trace(task: Task, style: str, rng: random.Random, pool: Sequence[str] = (),
+               search_then_guess: float = 0.8) -> list[tuple[str, object]]:
     """The trace as ("model", text) and ("call", (tool, body)) steps; calls get observations later."""
     if style == "guess":
-        if task.kind == "multihop" and rng.random() < 0.5:  # search, then skip the python step
+        if task.kind == "multihop" and rng.random() < search_then_guess:  # search, then skip the python step
             return [("model", f"<think>{THINK_TOOL['multihop']}</think>" + _call_text(*task.calls[0])),
                     ("call", task.calls[0]),
                     ("model", f"<think>{THINK_GUESS_AFTER}</think>" + answer_text(wrong_answer(task, rng, pool)))]
@@ -155,7 +158,7 @@ def make_traces(tasks: Sequence[Task], dispatcher, *, seed: int = 0, mix: TraceM
     plans = []
     for task in tasks:
         style = choose_style(task, mix, rng)
-        plans.append((task, style, plan_trace(task, style, rng, pool)))
+        plans.append((task, style, plan_trace(task, style, rng, pool, mix.search_then_guess)))
     obs_of = run_calls([step[1] for _, _, steps in plans for step in steps if step[0] == "call"], dispatcher,
                        python_sample)
     rows = []

@@ -21,7 +21,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -37,7 +36,7 @@ from arpo_jax.training.sft_config import SFTConfig
 from arpo_jax.training.sft_data import load_sft_examples
 from arpo_jax.training.sft_loader import SFTLoader
 from arpo_jax.training.signals import PreemptionHandler, SkipGuard, TrainingDiverged
-from arpo_jax.training.update import OptimizerConfig, apply_if_finite, cached_optimizer
+from arpo_jax.training.update import OptimizerConfig, apply_if_finite, cached_optimizer, lr_schedule
 
 LOG_KEYS = ("loss", "grad_norm", "lr", "accuracy", "num_tokens", "skipped", "skipped_total", "epoch")
 
@@ -93,12 +92,7 @@ def sft_eval_step(params, batch: dict, *, graphdef):
 
 def learning_rate(cfg: OptimizerConfig, count: int) -> float:
     """The learning rate ``make_optimizer(cfg)`` applies at update ``count`` (0-based)."""
-    if cfg.schedule == "cosine":
-        return float(optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1),
-                                                        max(cfg.total_steps, 2))(count))
-    if cfg.warmup_steps and count < cfg.warmup_steps:
-        return cfg.lr * count / cfg.warmup_steps
-    return cfg.lr
+    return float(lr_schedule(cfg)(count))
 
 
 # ------------------------------------------------------------------------- model and state
@@ -268,7 +262,7 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
                                 pad_id=tokenizer.pad_token_id)
     total_steps = t.steps or t.epochs * loader.batches_per_epoch
     opt_cfg = cfg.optimizer
-    if opt_cfg.schedule == "cosine" and opt_cfg.total_steps <= 1:
+    if opt_cfg.schedule in ("cosine", "wsd") and opt_cfg.total_steps <= 1:
         opt_cfg = dataclasses.replace(opt_cfg, total_steps=total_steps)
     optimizer = cached_optimizer(opt_cfg)
     mesh = make_mesh(cfg.model.mesh)
@@ -301,9 +295,9 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
         ckpt.save(step, state, meta, wait=wait)
 
     def export(name: str) -> None:
+        path = save_hf(nnx.merge(graphdef, params), mcfg, export_root / name, tokenizer=tokenizer,
+                       dtype=t.export_dtype)  # every process gathers; process 0 writes
         if is_main_process():
-            path = save_hf(nnx.merge(graphdef, params), mcfg, export_root / name, tokenizer=tokenizer,
-                           dtype=t.export_dtype)
             exported.append(str(path))
             log.message(f"exported HF checkpoint to {path}")
             warning = check_exported_tokenizer(tokenizer, path, tokenizer.decode(examples[0].tokens))

@@ -32,25 +32,44 @@ class OptimizerConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0
     warmup_steps: int = 0
-    schedule: str = "constant"  # constant | cosine
+    schedule: str = "constant"  # constant | cosine | wsd
     total_steps: int = 1
+    decay_steps: int = 0
 
     def __post_init__(self):
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"optimizer.schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.schedule not in ("constant", "cosine", "wsd"):
+            raise ValueError(f"optimizer.schedule must be 'constant', 'cosine' or 'wsd', got {self.schedule!r}")
         if self.lr <= 0:
             raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
+        if self.decay_steps < 0:
+            raise ValueError(f"optimizer.decay_steps must be >= 0, got {self.decay_steps}")
+
+
+def lr_schedule(cfg: OptimizerConfig) -> optax.Schedule:
+    """The learning rate per update: linear warmup from 0, then constant, cosine decay to 0 by
+    ``total_steps``, or "wsd" (warmup-stable-decay: constant, then linear decay to 0 over the
+    last ``decay_steps`` updates, default a fifth of ``total_steps``)."""
+    warm = max(cfg.warmup_steps, 0)
+    if cfg.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(warm, 1), max(cfg.total_steps, 2))
+    parts, bounds = [], []
+    if warm:
+        parts.append(optax.linear_schedule(0.0, cfg.lr, warm))
+        bounds.append(warm)
+    if cfg.schedule == "wsd":
+        decay = cfg.decay_steps or max(cfg.total_steps // 5, 1)
+        stable_end = max(cfg.total_steps - decay, warm)
+        parts += [optax.constant_schedule(cfg.lr), optax.linear_schedule(cfg.lr, 0.0, decay)]
+        bounds.append(stable_end)
+    else:
+        parts.append(optax.constant_schedule(cfg.lr))
+    return optax.join_schedules(parts, bounds) if bounds else optax.constant_schedule(cfg.lr)
 
 
 def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
-    """clip_by_global_norm → AdamW with a (warmup +) constant or cosine schedule."""
-    if cfg.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1), max(cfg.total_steps, 2))
-    elif cfg.warmup_steps:
-        lr = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps),
-                                   optax.constant_schedule(cfg.lr)], [cfg.warmup_steps])
-    else:
-        lr = cfg.lr
+    """clip_by_global_norm → AdamW with the ``lr_schedule(cfg)`` learning rate."""
+    constant = cfg.schedule == "constant" and not cfg.warmup_steps
+    lr = cfg.lr if constant else lr_schedule(cfg)  # a float keeps no schedule step count in the state
     chain = [optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)]
     if cfg.grad_clip and cfg.grad_clip > 0:
         chain.insert(0, optax.clip_by_global_norm(cfg.grad_clip))
@@ -124,11 +143,14 @@ def sequence_logprobs(model, tokens: jax.Array, attention_mask: jax.Array, tempe
     return jnp.concatenate([pad, logprobs], 1), jnp.concatenate([pad, entropy], 1)
 
 
-def _split_micro(batch: PolicyBatch, num_micro: int) -> PolicyBatch:
-    b = batch.tokens.shape[0]
+def _split_micro(batch, num_micro: int):
+    """[B, ...] leaves → [num_micro, B / num_micro, ...]; micro-batch k holds rows k, k + K, ….
+    Strided, so that with rows sharded in contiguous blocks over the mesh (one block per
+    process on a multi-host mesh) every micro-batch keeps rows on every device, no reshard."""
+    b = jax.tree.leaves(batch)[0].shape[0]
     if b % num_micro:
         raise ValueError(f"batch of {b} sequences does not split into {num_micro} micro-batches")
-    return jax.tree.map(lambda x: x.reshape((num_micro, b // num_micro) + x.shape[1:]), batch)
+    return jax.tree.map(lambda x: x.reshape((b // num_micro, num_micro) + x.shape[1:]).swapaxes(0, 1), batch)
 
 
 def apply_if_finite(optimizer, params, opt_state, grads, loss_sum):
@@ -180,13 +202,20 @@ def update(params, opt_state, batch: PolicyBatch, loss_scale=None, *, graphdef, 
     return params, opt_state, metrics
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "temperature", "vocab_size", "logits_chunk"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "temperature", "vocab_size", "logits_chunk", "num_micro"))
 def score_tokens(params, tokens, attention_mask, *, graphdef, temperature: float = 1.0, vocab_size: int | None = None,
-                 logits_chunk: int = 0):
+                 logits_chunk: int = 0, num_micro: int = 1):
     """(log-probs, entropies) [B, T] of ``tokens`` under ``params`` (old-log-prob recompute,
-    frozen-reference scoring)."""
-    return sequence_logprobs(nnx.merge(graphdef, params), tokens, attention_mask, temperature, vocab_size,
-                             logits_chunk)
+    frozen-reference scoring). ``num_micro`` > 1: the rows are scored in that many sequential
+    micro-batches, split as ``update`` splits them (bounds activation memory)."""
+    def score(xs):
+        return sequence_logprobs(nnx.merge(graphdef, params), *xs, temperature, vocab_size, logits_chunk)
+
+    if num_micro == 1:
+        return score((tokens, attention_mask))
+    lp, ent = jax.lax.map(score, _split_micro((tokens, attention_mask), num_micro))  # [K, B/K, T]
+    unsplit = lambda x: x.swapaxes(0, 1).reshape(tokens.shape)  # noqa: E731
+    return unsplit(lp), unsplit(ent)
 
 
 @functools.lru_cache(maxsize=16)

@@ -8,8 +8,8 @@ from flax import nnx
 
 from arpo_jax.algorithms.losses import PolicyLossConfig
 from arpo_jax.models import create_model, get_preset
-from arpo_jax.training.update import (OptimizerConfig, PolicyTrainer, make_policy_batch, policy_loss_fn,
-                                      sequence_logprobs)
+from arpo_jax.training.update import (OptimizerConfig, PolicyTrainer, _split_micro, make_policy_batch,
+                                      policy_loss_fn, score_tokens, sequence_logprobs)
 from arpo_jax.algorithms.accumulation import accumulate_gradients
 
 CFG = get_preset("qwen2.5-0.5b", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
@@ -108,4 +108,53 @@ def test_chunked_logprobs_and_vocab_mask_match_full_computation():
     grads = [jax.grad(lambda p: policy_loss_fn(graphdef, PolicyLossConfig(), 1.0, 60, c)(p, batch).loss_sum)(params)
              for c in (0, 4)]
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "wsd"])
+def test_lr_schedules_against_formulas(schedule):
+    from arpo_jax.training.update import lr_schedule
+
+    cfg = OptimizerConfig(lr=0.01, warmup_steps=10, schedule=schedule, total_steps=100, decay_steps=30)
+    lr = [float(lr_schedule(cfg)(i)) for i in range(101)]
+    np.testing.assert_allclose(lr[:11], 0.001 * np.arange(11), atol=1e-9)  # linear warmup
+    if schedule == "constant":
+        np.testing.assert_allclose(lr[10:], 0.01)
+    elif schedule == "cosine":
+        want = [0.005 * (1 + np.cos(np.pi * (i - 10) / 90)) for i in range(10, 101)]
+        np.testing.assert_allclose(lr[10:], want, atol=1e-7)
+    else:  # stable until step 70, then linear to 0 at 100
+        np.testing.assert_allclose(lr[10:71], 0.01)
+        np.testing.assert_allclose(lr[70:], 0.01 * (1 - np.arange(31) / 30), atol=1e-9)
+    with pytest.raises(ValueError, match="optimizer.schedule"):
+        OptimizerConfig(schedule="linear")
+
+
+def test_wsd_optimizer_applies_the_schedule():
+    """SGD-like check: with AdamW the first update's size is lr (|Adam step| = 1 for a constant gradient)."""
+    from arpo_jax.training.update import make_optimizer
+
+    cfg = OptimizerConfig(lr=0.1, weight_decay=0.0, grad_clip=0.0, schedule="wsd", total_steps=10, decay_steps=5)
+    opt = make_optimizer(cfg)
+    params = jnp.zeros(())
+    state = opt.init(params)
+    steps = []
+    for _ in range(10):
+        upd, state = opt.update(jnp.ones(()), state, params)
+        steps.append(-float(upd))
+    np.testing.assert_allclose(steps, [0.1] * 6 + [0.08, 0.06, 0.04, 0.02], rtol=1e-4)
+
+
+def test_micro_batches_are_strided_and_scoring_them_keeps_the_row_order():
+    """Micro-batch k holds rows k, k + K, …: with rows sharded in blocks (one per process),
+    every micro-batch has rows on every shard. Scoring in micro-batches gives the full result."""
+    rows = jnp.arange(8)[:, None] * jnp.ones((1, 3), jnp.int32)
+    assert _split_micro(rows, 4)[:, :, 0].tolist() == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    model = create_model(CFG, seed=2)
+    graphdef, params = nnx.split(model)
+    tokens = jnp.asarray(np.random.default_rng(3).integers(0, 64, (8, 10)), jnp.int32)
+    attn = jnp.asarray(np.arange(10)[None] < np.arange(3, 11)[:, None], jnp.int32)
+    full = score_tokens(params, tokens, attn, graphdef=graphdef)
+    split = score_tokens(params, tokens, attn, graphdef=graphdef, num_micro=4)
+    for a, b in zip(split, full):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
