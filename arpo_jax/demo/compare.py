@@ -1,6 +1,7 @@
 """``arpo-jax demo --compare --seeds S``: GRPO vs ARPO at the same budget M, from the same SFT
-checkpoint, S seeds each; a Markdown table of held-out accuracy (mean ± std over seeds), tool
-calls per trajectory during training, total tool calls executed and wall time."""
+checkpoint, S seeds each; a Markdown table of held-out accuracy (mean ± std over seeds, per task
+set, gain over SFT), tool calls per trajectory during training, total tool calls executed and
+wall time."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import numpy as np
 from arpo_jax.demo import run as demo
 
 
-def _mean_std(xs) -> str:
+def _mean_std(xs, digits: int = 3) -> str:
     xs = np.asarray(xs, float)
-    return f"{xs.mean():.3f} ± {xs.std(ddof=1) if len(xs) > 1 else 0.0:.3f}"
+    std = xs.std(ddof=1) if len(xs) > 1 else 0.0
+    return f"{xs.mean():.{digits}f} ± {std:.{digits}f}"
 
 
 START, END = "<!-- compare:start -->", "<!-- compare:end -->"
@@ -73,27 +75,51 @@ def run_compare(out: Path, *, seeds: int = 3, quick: bool = False, results_md: s
                 "train_tool_calls_total": int(sum(r["rollout/tool_calls_executed"] for r in rows)),
                 "branches_per_prompt": float(np.mean([r.get("rollout/branches_per_prompt", 0.0) for r in rows])),
                 "wall_s": wall})
-    sft_acc = demo.accuracy(base)[0]
-    names = {"trajectory": "GRPO (trajectory rollouts)", "arpo": "ARPO (entropy branching)"}
-    lines = ["| method | held-out accuracy | tool calls / traj (train) | tool calls executed (train) | "
-             "branches / prompt | RL wall time (s) |", "|---|---|---|---|---|---|"]
-    for policy, rs in results.items():
-        lines.append(f"| {names[policy]} | {_mean_std([r['accuracy'] for r in rs])} | "
-                     f"{_mean_std([r['train_tool_calls_per_traj'] for r in rs])} | "
-                     f"{_mean_std([r['train_tool_calls_total'] for r in rs])} | "
-                     f"{_mean_std([r['branches_per_prompt'] for r in rs])} | {_mean_std([r['wall_s'] for r in rs])} |")
-    size_txt = (f"M = {size.total_rollouts} trajectories per prompt (ARPO: N = {size.initial_rollouts}), "
-                f"{size.prompts_per_step} prompts per step, {size.rl_steps} RL steps, {size.n_heldout} held-out "
-                f"questions (greedy), SFT {size.sft_steps} steps")
-    table = "\n".join(lines)
-    md = (f"## GRPO vs ARPO (`--compare`)\n\nCommand: `arpo-jax demo --compare --seeds {seeds}"
-          f"{' --quick' if quick else ''}` (total {time.perf_counter() - t0:.0f} s).\n\nSetting: {size_txt}. "
-          f"Same SFT checkpoint for every run (held-out accuracy after SFT: {sft_acc:.3f}); seeds 0..{seeds - 1} "
-          f"change the RL rollouts and prompt order. Mean ± sample std over seeds.\n\n{table}\n\n"
-          f"Per-run numbers: `{out}/compare.json`.\n")
-    summary = {"sft_accuracy": sft_acc, "results": results, "markdown": md}
+    sft_acc, sft_per, sft_calls = demo.accuracy(base)
+    summary = {
+        "command": f"arpo-jax demo --compare --seeds {seeds}{' --quick' if quick else ''}",
+        "total_s": time.perf_counter() - t0, "out": str(out),
+        "setting": (f"M = {size.total_rollouts} trajectories per prompt (ARPO: N = {size.initial_rollouts}), "
+                    f"{size.prompts_per_step} prompts per step, {size.rl_steps} RL steps, {size.n_heldout} "
+                    f"held-out questions (greedy), SFT {size.sft_steps} steps"),
+        "sft": {"accuracy": sft_acc, "per_set": sft_per, "eval_tool_calls_per_question": sft_calls},
+        "results": results}
+    summary["markdown"] = render_markdown(summary)
     (out / "compare.json").write_text(json.dumps(summary, indent=2) + "\n")
     if results_md:
-        write_section(Path(results_md), md)
-    print(md)
+        write_section(Path(results_md), summary["markdown"])
+    print(summary["markdown"])
     return summary
+
+
+NAMES = {"trajectory": "GRPO (trajectory rollouts)", "arpo": "ARPO (entropy branching)"}
+
+
+def render_markdown(summary: dict) -> str:
+    """The comparison section of ``docs/results.md`` from a ``compare.json`` summary: held-out
+    accuracy (overall and per task set) after SFT and after each RL method, and each method's
+    gain over SFT against its spread between seeds."""
+    sft, results = summary["sft"], summary["results"]
+    sets = sorted(sft["per_set"])
+    seeds = len(next(iter(results.values())))
+    head = ["method", "held-out accuracy", *sets, "gain over SFT", "tool calls / traj (train)",
+            "tool calls executed (train)", "branches / prompt", "RL wall time (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines.append(f"| after SFT (one checkpoint) | {sft['accuracy']:.3f} | "
+                 + " | ".join(f"{sft['per_set'][k]:.2f}" for k in sets) + " | | | | | |")
+    for policy, rs in results.items():
+        acc = [r["accuracy"] for r in rs]
+        gain = np.asarray(acc) - sft["accuracy"]
+        lines.append(
+            f"| {NAMES.get(policy, policy)} | {_mean_std(acc)} | "
+            + " | ".join(_mean_std([r["per_set"][k] for r in rs], 2) for k in sets)
+            + f" | {_mean_std(gain)} | {_mean_std([r['train_tool_calls_per_traj'] for r in rs], 2)} | "
+            f"{_mean_std([r['train_tool_calls_total'] for r in rs], 0)} | "
+            f"{_mean_std([r['branches_per_prompt'] for r in rs], 2)} | {_mean_std([r['wall_s'] for r in rs], 0)} |")
+    return (f"## GRPO vs ARPO (`--compare`)\n\nCommand: `{summary['command']}` (total {summary['total_s']:.0f} s)."
+            f"\n\nSetting: {summary['setting']}. Same SFT checkpoint for every run; seeds 0..{seeds - 1} change "
+            f"the RL rollouts and prompt order. Mean ± sample std over seeds; accuracy is pass@1.\n\n"
+            + "\n".join(lines) + "\n\nAccuracy per seed: "
+            + "; ".join(f"{NAMES.get(p, p).split(' (')[0]} " + ", ".join(f"{r['accuracy']:.3f}" for r in rs)
+                        for p, rs in results.items())
+            + f". All per-run numbers: `{summary['out']}/compare.json`.\n")

@@ -217,3 +217,30 @@ def test_compare_section_replaces_only_its_block(tmp_path):
     text = f.read_text()
     assert text.startswith("# Demo results\n\nmeasured run\n\n") and text.endswith("## later notes\n")
     assert "## second\ntable" in text and "## first" not in text and text.count(START) == 1
+
+
+def test_compare_table_reports_mean_std_and_gain_over_sft():
+    import numpy as np
+
+    from arpo_jax.demo.compare import render_markdown
+
+    def run(seed, acc, arith):
+        return {"seed": seed, "accuracy": acc, "per_set": {"arith": arith, "fact": 0.25},
+                "train_tool_calls_per_traj": 1.0 + seed, "train_tool_calls_total": 100 * (seed + 1),
+                "branches_per_prompt": 0.5 * seed, "wall_s": 10.0}
+
+    accs = [0.40, 0.50, 0.45]
+    summary = {"command": "arpo-jax demo --compare --seeds 3", "total_s": 12.3, "out": "/o", "setting": "S",
+               "sft": {"accuracy": 0.1, "per_set": {"arith": 0.0, "fact": 0.2}},
+               "results": {"trajectory": [run(i, 0.2, 0.1 * i) for i in range(3)],
+                           "arpo": [run(i, a, 1.0) for i, a in enumerate(accs)]}}
+    md = render_markdown(summary)
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in md.splitlines() if line.startswith("| ")}
+    arpo = rows["ARPO (entropy branching)"]
+    gain = np.asarray(accs) - 0.1
+    assert arpo[1] == f"{np.mean(accs):.3f} ± {np.std(accs, ddof=1):.3f}"
+    assert arpo[4] == f"{gain.mean():.3f} ± {gain.std(ddof=1):.3f}"
+    assert arpo[2:4] == ["1.00 ± 0.00", "0.25 ± 0.00"] and arpo[6] == "200 ± 100"
+    assert rows["GRPO (trajectory rollouts)"][2] == f"0.10 ± {np.std([0, .1, .2], ddof=1):.2f}"
+    assert rows["after SFT (one checkpoint)"][1:4] == ["0.100", "0.00", "0.20"]
+    assert "total 12 s" in md and "ARPO 0.400, 0.500, 0.450" in md
