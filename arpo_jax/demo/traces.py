@@ -41,7 +41,7 @@ class TraceMix:
     ``search_then_guess``: share of multi-hop guesses that search first and skip Python."""
 
     guess: dict[str, float] = dataclasses.field(
-        default_factory=lambda: {"arith": 0.6, "fact": 0.3, "multihop": 0.6})
+        default_factory=lambda: {"arith": 0.6, "fact": 0.3, "multihop": 0.25})
     redundant: float = 0.1
     search_then_guess: float = 0.8
 
