@@ -23,6 +23,20 @@ def global_mean(loss_sums: Array, denominators: Array) -> Array:
     return jnp.sum(loss_sums) / jnp.maximum(jnp.sum(denominators), 1e-8)
 
 
+def split_micro_batches(batch: Any, num_micro: int) -> Any:
+    """[B, ...] leaves -> [num_micro, B / num_micro, ...]; micro-batch k holds rows k, k + K, ...
+
+    Strided rather than contiguous: with rows sharded in contiguous blocks over the mesh's
+    batch axes (one block per device, one per process on a multi-host mesh), every
+    micro-batch keeps rows on every device, so the split needs no resharding.
+    """
+    b = jax.tree_util.tree_leaves(batch)[0].shape[0]
+    if b % num_micro:
+        raise ValueError(f"batch of {b} sequences does not split into {num_micro} micro-batches")
+    return jax.tree_util.tree_map(
+        lambda x: x.reshape((b // num_micro, num_micro) + x.shape[1:]).swapaxes(0, 1), batch)
+
+
 def accumulate_gradients(
     loss_fn: Callable[[Any, Any], PolicyLossOutput], params: Any, micro_batches: Any
 ) -> tuple[Any, PolicyLossOutput]:

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from arpo_jax.algorithms.accumulation import accumulate_gradients
+from arpo_jax.algorithms.accumulation import accumulate_gradients, split_micro_batches
 from arpo_jax.algorithms.losses import PolicyLossOutput
 from arpo_jax.config import to_dict
 from arpo_jax.models import ModelConfig, Transformer, create_model, get_preset, load_hf, make_mesh, save_hf
@@ -60,10 +60,6 @@ def sft_loss(model, batch: dict) -> PolicyLossOutput:
     return PolicyLossOutput(jnp.sum(nll * mask), denom, {"num_tokens": denom, "correct": jnp.sum(correct * mask)})
 
 
-def _split_micro(batch: dict, num_micro: int) -> dict:
-    return jax.tree.map(lambda x: x.reshape((num_micro, x.shape[0] // num_micro) + x.shape[1:]), batch)
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "optimizer", "num_micro"),
                    donate_argnames=("params", "opt_state"))
 def sft_step(params, opt_state, batch: dict, loss_scale, *, graphdef, optimizer, num_micro: int = 1):
@@ -75,7 +71,7 @@ def sft_step(params, opt_state, batch: dict, loss_scale, *, graphdef, optimizer,
         out = sft_loss(nnx.merge(graphdef, p), mb)
         return out._replace(loss_sum=out.loss_sum * loss_scale)
 
-    grads, out = accumulate_gradients(loss_fn, params, _split_micro(batch, num_micro))
+    grads, out = accumulate_gradients(loss_fn, params, split_micro_batches(batch, num_micro))
     params, opt_state, grad_norm, finite = apply_if_finite(optimizer, params, opt_state, grads, out.loss_sum)
     n = jnp.maximum(out.denominator, 1e-8)
     metrics = dict(loss=out.loss_sum / n, grad_norm=grad_norm, accuracy=out.stats["correct"] / n,

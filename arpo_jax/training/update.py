@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from arpo_jax.algorithms.accumulation import accumulate_gradients
+from arpo_jax.algorithms.accumulation import accumulate_gradients, split_micro_batches
 from arpo_jax.algorithms.losses import PolicyLossConfig, policy_loss, summarize_loss_output, token_logprobs_and_entropy
 
 
@@ -143,16 +143,6 @@ def sequence_logprobs(model, tokens: jax.Array, attention_mask: jax.Array, tempe
     return jnp.concatenate([pad, logprobs], 1), jnp.concatenate([pad, entropy], 1)
 
 
-def _split_micro(batch, num_micro: int):
-    """[B, ...] leaves → [num_micro, B / num_micro, ...]; micro-batch k holds rows k, k + K, ….
-    Strided, so that with rows sharded in contiguous blocks over the mesh (one block per
-    process on a multi-host mesh) every micro-batch keeps rows on every device, no reshard."""
-    b = jax.tree.leaves(batch)[0].shape[0]
-    if b % num_micro:
-        raise ValueError(f"batch of {b} sequences does not split into {num_micro} micro-batches")
-    return jax.tree.map(lambda x: x.reshape((b // num_micro, num_micro) + x.shape[1:]).swapaxes(0, 1), batch)
-
-
 def apply_if_finite(optimizer, params, opt_state, grads, loss_sum):
     """One optimizer step, kept only when the loss and the gradient norm are finite (else the
     old params/state are returned: the step is skipped). → (params, opt_state, grad_norm, finite)."""
@@ -195,7 +185,7 @@ def update(params, opt_state, batch: PolicyBatch, loss_scale=None, *, graphdef, 
         out = base_fn(p, mb)
         return out if loss_scale is None else out._replace(loss_sum=out.loss_sum * loss_scale)
 
-    grads, out = accumulate_gradients(loss_fn, params, _split_micro(batch, num_micro))
+    grads, out = accumulate_gradients(loss_fn, params, split_micro_batches(batch, num_micro))
     params, opt_state, grad_norm, finite = apply_if_finite(optimizer, params, opt_state, grads, out.loss_sum)
     metrics = summarize_loss_output(out)
     metrics.update(grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32))
@@ -213,7 +203,7 @@ def score_tokens(params, tokens, attention_mask, *, graphdef, temperature: float
 
     if num_micro == 1:
         return score((tokens, attention_mask))
-    lp, ent = jax.lax.map(score, _split_micro((tokens, attention_mask), num_micro))  # [K, B/K, T]
+    lp, ent = jax.lax.map(score, split_micro_batches((tokens, attention_mask), num_micro))  # [K, B/K, T]
     unsplit = lambda x: x.swapaxes(0, 1).reshape(tokens.shape)  # noqa: E731
     return unsplit(lp), unsplit(ent)
 

@@ -140,3 +140,45 @@ def test_cli_reports_config_and_data_mistakes_in_one_line(tiny, capsys):
     assert "must be a positive multiple of train.micro_batches" in capsys.readouterr().err
     assert main(["sft", str(yaml_path)]) == 2
     assert "missing.jsonl' does not exist" in capsys.readouterr().err
+
+
+def test_sft_micro_batches_stay_on_their_devices_and_match_one_batch():
+    """Strided micro-batches of a row-sharded batch need no resharding (the compiled step's only
+    collective is the gradient all-reduce), and accumulating them equals one full batch."""
+    import re
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from arpo_jax.models import create_model, get_preset
+    from arpo_jax.models.sharding import rows_sharding
+    from arpo_jax.training.sft import sft_step
+    from arpo_jax.training.update import OptimizerConfig
+
+    cfg = get_preset("qwen2.5-0.5b", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
+                     num_heads=4, num_kv_heads=2, head_dim=8)
+    mesh = make_mesh((4, 1, 1), jax.devices()[:4])
+    graphdef, params = nnx.split(create_model(cfg, seed=0, mesh=mesh))
+    opt = cached_optimizer(OptimizerConfig(lr=1e-3))
+    rng = np.random.default_rng(0)
+    lengths = np.array([12, 3, 7, 12, 5, 9, 2, 11])
+    batch = {"tokens": rng.integers(0, 64, (8, 12)).astype(np.int32),
+             "attention_mask": (np.arange(12)[None] < lengths[:, None]).astype(np.int32)}
+    batch["loss_mask"] = batch["attention_mask"].astype(np.float32)
+    batch = {k: jax.device_put(v, rows_sharding(mesh, 2, 8)) for k, v in batch.items()}
+    results = {}
+    with jax.set_mesh(mesh):
+        for k in (1, 2, 4):
+            kw = dict(graphdef=graphdef, optimizer=opt, num_micro=k)
+            if k == 2:
+                hlo = sft_step.lower(params, opt.init(params), batch, jnp.float32(1), **kw).compile().as_text()
+                collectives = set(re.findall(r"all-to-all|collective-permute|all-gather|reduce-scatter|all-reduce", hlo))
+                assert collectives == {"all-reduce"}, collectives
+            p = jax.tree.map(jnp.copy, params)
+            new_params, _, metrics = sft_step(p, opt.init(p), batch, jnp.float32(1), **kw)
+            results[k] = (jax.tree.leaves(new_params), metrics)
+    for k in (2, 4):
+        np.testing.assert_allclose(float(results[k][1]["loss"]), float(results[1][1]["loss"]), rtol=1e-5)
+        for a, b in zip(results[k][0], results[1][0]):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)  # Adam steps are ~1e-3

@@ -8,9 +8,9 @@ from flax import nnx
 
 from arpo_jax.algorithms.losses import PolicyLossConfig
 from arpo_jax.models import create_model, get_preset
-from arpo_jax.training.update import (OptimizerConfig, PolicyTrainer, _split_micro, make_policy_batch,
+from arpo_jax.training.update import (OptimizerConfig, PolicyTrainer, make_policy_batch,
                                       policy_loss_fn, score_tokens, sequence_logprobs)
-from arpo_jax.algorithms.accumulation import accumulate_gradients
+from arpo_jax.algorithms.accumulation import accumulate_gradients, split_micro_batches
 
 CFG = get_preset("qwen2.5-0.5b", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
                  num_heads=4, num_kv_heads=2, head_dim=8)
@@ -149,7 +149,7 @@ def test_micro_batches_are_strided_and_scoring_them_keeps_the_row_order():
     """Micro-batch k holds rows k, k + K, …: with rows sharded in blocks (one per process),
     every micro-batch has rows on every shard. Scoring in micro-batches gives the full result."""
     rows = jnp.arange(8)[:, None] * jnp.ones((1, 3), jnp.int32)
-    assert _split_micro(rows, 4)[:, :, 0].tolist() == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    assert split_micro_batches(rows, 4)[:, :, 0].tolist() == [[0, 4], [1, 5], [2, 6], [3, 7]]
     model = create_model(CFG, seed=2)
     graphdef, params = nnx.split(model)
     tokens = jnp.asarray(np.random.default_rng(3).integers(0, 64, (8, 10)), jnp.int32)
