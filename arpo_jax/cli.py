@@ -240,6 +240,8 @@ def build_parser(with_benches: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--usable-fraction", type=float, default=0.9, help="share of it the plan may use")
     p.add_argument("--preset", help="model preset instead of model.path's config")
     p.add_argument("--logits-chunk", type=int, help="time chunk of the update's logits (0 = none)")
+    p.add_argument("--hosts", type=int, default=1,
+                   help="JAX processes the devices span (each rolls out on its own policy copy; v5p-16: 2)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
 

@@ -167,8 +167,17 @@ class Sampler:
         return {name: fn._cache_size() for name, fn in self._fns.items()}
 
     def update_params(self, model_or_params) -> None:
-        """New weights (same shapes/shardings): a model or its ``nnx.split`` state."""
+        """New weights (same shapes/shardings): a model or its ``nnx.split`` state; ``None``
+        drops the sampler's reference to its weights (so that a copy made for sampling can be
+        freed between rollouts) until new ones are given."""
         self.params = nnx.split(model_or_params)[1] if isinstance(model_or_params, nnx.Module) else model_or_params
+
+    @property
+    def weights(self):
+        """The weights operations run with; an error while they are dropped."""
+        if self.params is None:
+            raise RuntimeError("the sampler's weights were dropped (update_params(None)): give new ones first")
+        return self.params
 
     def free_slots(self) -> list[int]:
         return np.nonzero(self.status == FREE)[0].tolist()
@@ -195,7 +204,7 @@ class Sampler:
         args = (padded, self._pad_rows([p[:-1] for p in prompts], nb, t), self._vec(lens - 1, nb),
                 self._vec([p[-1] for p in prompts], nb), self._vec(budgets, nb), self._raw_keys(keys, n, nb))
         with self._ctx():
-            self.state = self._fns["insert"](self.params, self.state, *args)
+            self.state = self._fns["insert"](self.weights, self.state, *args)
         idx = padded[:n]
         self.status[idx] = np.where(budgets <= 0, BUDGET, RUNNING)
         self.lengths[idx] = lens - 1
@@ -217,7 +226,7 @@ class Sampler:
         longest = int(self.lengths[running].max())
         window = window_size(longest + self.cfg.chunk_size, self.cfg, self.capacity)
         with self._ctx():
-            self.state, out = self._fns["decode_chunk"](self.params, self.state, self.tables, window=window)
+            self.state, out = self._fns["decode_chunk"](self.weights, self.state, self.tables, window=window)
         out = jax.device_get(out)
         res = ChunkResult(**{k: np.asarray(v) for k, v in out.items() if k != "steps"}, steps=int(out["steps"]))
         self.status[:], self.lengths[:], self.budget[:] = res.status, res.lengths, res.budget
@@ -251,7 +260,7 @@ class Sampler:
                 self._vec(resume, nb, bool))
         window = window_size(int((self.lengths[idx] + t).max()), self.cfg, self.capacity)
         with self._ctx():
-            self.state = self._fns["append"](self.params, self.state, *args, window=window)
+            self.state = self._fns["append"](self.weights, self.state, *args, window=window)
         self.lengths[idx] += lens
         self.budget[idx] -= lens
         self.stop_index[idx] = -1
@@ -315,7 +324,7 @@ class Sampler:
         """Raw fp32 logits [n, V] the next step of ``slots`` would sample from (state unchanged)."""
         padded, _ = self._slots(slots)
         with self._ctx():
-            out = self._fns["next_logits"](self.params, self.state, padded)
+            out = self._fns["next_logits"](self.weights, self.state, padded)
         return np.asarray(out)[: len(np.atleast_1d(slots))]
 
     # ------------------------------------------------------------- convenience

@@ -12,6 +12,7 @@ order. On one process they are identities (no communication).
 from __future__ import annotations
 
 import functools
+import math
 import os
 import pickle
 
@@ -88,16 +89,24 @@ def allgather_max(values) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(values)).max(axis=0)
 
 
+def local_mesh_shape(mesh_shape: dict[str, int], local_devices: int) -> tuple[int, int, int]:
+    """(data, fsdp, tensor) of ``local_mesh`` for a global mesh of ``mesh_shape`` and a process
+    with ``local_devices`` devices: as much of the global tensor split as the process holds
+    (their gcd: tensor 8 over hosts of 4 devices → 4), the other devices on fsdp when the global
+    mesh shards parameters over fsdp, on data otherwise."""
+    tensor = math.gcd(mesh_shape["tensor"], local_devices)
+    rest = local_devices // tensor
+    return (1, rest, tensor) if mesh_shape["fsdp"] > 1 else (rest, 1, tensor)
+
+
 def local_mesh(mesh: Mesh) -> Mesh:
     """A mesh over this process's own devices, for work each process does alone (rollouts):
-    ``mesh`` itself on one process; else ``mesh``'s layout on ``jax.local_devices()``: its
-    tensor size (when it divides the local device count) and the other devices on fsdp when
-    ``mesh`` shards parameters over fsdp, on data otherwise."""
+    ``mesh`` itself on one process; else laid out by ``local_mesh_shape`` on
+    ``jax.local_devices()``."""
     if jax.process_count() == 1:
         return mesh
     devices = jax.local_devices()
-    tensor = mesh.shape["tensor"] if len(devices) % mesh.shape["tensor"] == 0 else 1
-    return make_mesh((1, -1, tensor) if mesh.shape["fsdp"] > 1 else (-1, 1, tensor), devices=devices)
+    return make_mesh(local_mesh_shape(dict(mesh.shape), len(devices)), devices=devices)
 
 
 @functools.lru_cache(maxsize=8)

@@ -30,9 +30,13 @@ Nd/Kd/Fd/Vd = heads, kv heads, ffn width, vocab per device after the tensor spli
     capacity) of every slot's cache, plus one layer's (the in-loop scatter), + S·Vd·16 (logits,
     sampling); prefill: the rows of one insert (all fresh samples of a step, bucketed) × (window
     copy + Nd·512·T_w·(8 + Dt) scores, forward only). Both measured against XLA on CPU.
+  rollout_params  with several hosts (JAX processes) each rolls out on a full copy of the policy
+    over its own devices (``training.distributed.local_copy``, laid out by ``local_mesh_shape``),
+    with its share of the slots; the copy lives during the rollout only (freed before the update).
   score       old/reference log-probs (train.old_logprobs=recompute or a KL term): a forward pass
     over ``score_rows`` rows (rl.py: the whole mini-batch) with its logits.
-Phases: rollout = params + opt_state + reference + kv_cache + max(decode, prefill) + gathered;
+Phases: rollout = params + opt_state + reference + kv_cache + rollout_params + max(decode, prefill)
+  + gathered (on the rollout's mesh);
 update = params + opt_state + reference + kv_cache + grads + activations + gathered; score.
 Peak = the largest phase; it fits when peak <= device memory × usable_fraction.
 """
@@ -56,6 +60,7 @@ from arpo_jax.models.sharding import BATCH, MESH_AXES, fit_spec, param_spec
 from arpo_jax.models.transformer import Transformer
 from arpo_jax.sampling.config import SamplingConfig, bucket, prefill_length
 from arpo_jax.sampling.state import init_state, state_shardings
+from arpo_jax.training.distributed import local_mesh_shape
 from arpo_jax.training.rl_config import RLConfig
 from arpo_jax.training.update import make_optimizer
 
@@ -81,6 +86,8 @@ class PlanOptions:
     cache_during_update: the sampler's KV cache stays allocated while the update runs.
     score_rows: rows of one scoring forward pass (old log-probs with train.old_logprobs=recompute,
       reference log-probs with a KL term); None = the whole mini-batch, as ``training/rl.py`` does.
+    hosts: JAX processes the devices are split over (a v5p-16 is 2 hosts of 4 chips); with more
+      than one, each host rolls out its share of the slots on its own copy of the policy.
     """
 
     devices: int | None = None
@@ -91,14 +98,15 @@ class PlanOptions:
     logits_chunk: int | None = None
     cache_during_update: bool = True
     score_rows: int | None = None
+    hosts: int = 1
 
 
 @dataclasses.dataclass
 class MemoryPlan:
     """Per-device bytes of every component and phase, and the verdict.
 
-    items: params, opt_state, reference, kv_cache, grads, activations, gathered_weights,
-      decode_transient, prefill_transient. phases: rollout / update peaks. shapes: the sizes the
+    items: params, opt_state, reference, kv_cache, rollout_params, grads, activations,
+      gathered_weights, decode_transient, prefill_transient. phases: rollout / update peaks. shapes: the sizes the
       estimate used (rows per device, T, slots, ...). max_slots: the largest rollout.num_slots
       (a multiple of data×fsdp) that fits, 0 if none does.
     """
@@ -214,21 +222,29 @@ def plan(cfg: RLConfig, opts: PlanOptions = PlanOptions()) -> MemoryPlan:
     mcfg, source = resolve_model_config(cfg, opts.preset)
     devices = opts.devices or jax.device_count()
     mesh = abstract_mesh(cfg.model.mesh, devices)
-    slot_div = mesh.shape["data"] * mesh.shape["fsdp"]  # slots and rows split over data×fsdp
+    hosts = opts.hosts
+    if hosts < 1 or devices % hosts:
+        raise ValueError(f"--hosts {hosts} must be a positive divisor of the {devices} devices")
+    # the rollout runs per host, on a mesh over its own devices (the mesh itself on one host)
+    ro_mesh = mesh if hosts == 1 else AbstractMesh(local_mesh_shape(dict(mesh.shape), devices // hosts), MESH_AXES)
+    slot_div = math.lcm(mesh.shape["data"] * mesh.shape["fsdp"], hosts)  # slots split over data×fsdp and hosts
     notes: list[str] = []
 
     abs_params = abstract_params(mcfg.replace(remat=False))
     p_bytes = shard_bytes(abs_params, param_shardings(abs_params, mesh))
     abs_opt = jax.eval_shape(make_optimizer(cfg.optimizer).init, abs_params)
     o_bytes = shard_bytes(abs_opt, param_shardings(abs_opt, mesh))
+    ro_p_bytes = 0 if hosts == 1 else shard_bytes(abs_params, param_shardings(abs_params, ro_mesh))
 
     ro, tr, data = cfg.rollout, cfg.train, cfg.data
     per_prompt, capacity = ro.total_rollouts, ro.slot_capacity
     num_slots = ro.num_slots or data.prompts_per_step * per_prompt
+    if num_slots % hosts:
+        raise ValueError(f"rollout.num_slots ({num_slots}) must split evenly over the {hosts} hosts")
 
-    def cache_bytes(slots: int) -> int:
-        st = jax.eval_shape(lambda: init_state(mcfg, slots, capacity))
-        return shard_bytes(st, state_shardings(st, mesh))
+    def cache_bytes(slots: int) -> int:  # one host's share of the slots, on its rollout mesh
+        st = jax.eval_shape(lambda: init_state(mcfg, slots // hosts, capacity))
+        return shard_bytes(st, state_shardings(st, ro_mesh))
 
     dt = np.dtype(mcfg.jnp_dtype).itemsize
     d, h, L = mcfg.hidden_size, mcfg.head_dim, mcfg.num_layers
@@ -269,26 +285,32 @@ def plan(cfg: RLConfig, opts: PlanOptions = PlanOptions()) -> MemoryPlan:
                            + nd * seq * seq * (8 + dt) + seq * seq + c * vd * LOGIT_BYTES)
 
     # ---- weights all-gathered for compute (fsdp)
-    gathered = 0
-    if mesh.shape["fsdp"] > 1:
+    def gathered_bytes(m) -> int:
+        if m.shape["fsdp"] == 1:
+            return 0
         layer_params = (mcfg.num_params() - mcfg.vocab_size * d * (1 if mcfg.tie_word_embeddings else 2)) // L
-        gathered = (2 * layer_params + mcfg.vocab_size * d) * dt // mesh.shape["tensor"]
+        return (2 * layer_params + mcfg.vocab_size * d) * dt // m.shape["tensor"]
+
+    gathered, ro_gathered = gathered_bytes(mesh), gathered_bytes(ro_mesh)
 
     # ---- rollout transients (functions of the slot count)
     scfg = SamplingConfig()
-    cache_row = 2 * L * kd * h * dt  # bytes of one token of one slot, per device
+    r_nd, r_kd, r_vd = (_local(x, "tensor", ro_mesh) for x in (mcfg.num_heads, mcfg.num_kv_heads, mcfg.vocab_size))
+    cache_row = 2 * L * r_kd * h * dt  # bytes of one token of one slot, per device
     win = 1 << (capacity - 1).bit_length() - 1 if capacity > scfg.min_window else 0  # largest bucket < capacity
     fresh = data.prompts_per_step * (per_prompt if ro.policy == "trajectory" else ro.initial_rollouts)
     t_w = prefill_length(ro.max_prompt_tokens - 1, scfg, capacity)
     piece = min(t_w, scfg.prefill_chunk)
 
-    def transients(slots: int) -> tuple[int, int]:
-        s_dev = _rows_per_device(slots, mesh)
+    def transients(slots: int) -> tuple[int, int]:  # one host's share of the slots and fresh samples
+        slots, host_fresh = slots // hosts, -(-fresh // hosts)
+        s_dev = _rows_per_device(slots, ro_mesh)
         window_copy = max(win * (L + 1), capacity) * cache_row // L  # window + one layer's scatter copy
-        decode = s_dev * (window_copy + vd * SAMPLE_BYTES + nd * win * 8)
-        n = bucket(min(slots, fresh), 1, slots)
-        n_dev = _rows_per_device(n, mesh)
-        prefill = n_dev * (t_w * cache_row + nd * piece * t_w * (8 + dt) + piece * ((8 + 4 * dt) * d + 3 * dt * fd))
+        decode = s_dev * (window_copy + r_vd * SAMPLE_BYTES + r_nd * win * 8)
+        n = bucket(min(slots, host_fresh), 1, slots)
+        n_dev = _rows_per_device(n, ro_mesh)
+        r_fd = _local(mcfg.intermediate_size, "tensor", ro_mesh)
+        prefill = n_dev * (t_w * cache_row + r_nd * piece * t_w * (8 + dt) + piece * ((8 + 4 * dt) * d + 3 * dt * r_fd))
         return decode, prefill
 
     ref = p_bytes if cfg.loss.kl_coef > 0 else 0
@@ -297,10 +319,10 @@ def plan(cfg: RLConfig, opts: PlanOptions = PlanOptions()) -> MemoryPlan:
     def phases(slots: int) -> tuple[dict[str, int], dict[str, int]]:
         kv = cache_bytes(slots)
         decode, prefill = transients(slots)
-        items = dict(params=p_bytes, opt_state=o_bytes, reference=ref, kv_cache=kv, grads=grads, activations=acts,
-                     score_activations=score_acts, gathered_weights=gathered, decode_transient=decode,
-                     prefill_transient=prefill)
-        ph = dict(rollout=static + kv + max(decode, prefill) + gathered,
+        items = dict(params=p_bytes, opt_state=o_bytes, reference=ref, kv_cache=kv, rollout_params=ro_p_bytes,
+                     grads=grads, activations=acts, score_activations=score_acts,
+                     gathered_weights=max(gathered, ro_gathered), decode_transient=decode, prefill_transient=prefill)
+        ph = dict(rollout=static + kv + ro_p_bytes + max(decode, prefill) + ro_gathered,
                   update=static + (kv if opts.cache_during_update else 0) + grads + acts + gathered)
         if scoring:
             ph["score"] = static + kv + score_acts + gathered
@@ -339,15 +361,16 @@ def plan(cfg: RLConfig, opts: PlanOptions = PlanOptions()) -> MemoryPlan:
     if not mcfg.remat and acts > 0.25 * peak:
         notes.append("model.remat=false: activations of every layer are kept; remat=true keeps one layer's")
     if not chunk and max(logits, bs * c * vd * LOGIT_BYTES * scoring) > 0.1 * peak:
-        notes.append("[B, T, V] logits are materialised: a logits chunk (update(logits_chunk=...)) bounds them")
+        notes.append("[B, T, V] logits are materialised: train.logits_chunk=1024 (or another chunk) bounds them")
     if scoring and score_acts > acts:
         notes.append(f"scoring runs {score_rows} rows in one forward pass ({bs} per device): "
                      f"{score_acts / GiB:.1f} GiB of activations")
     if max(transients(num_slots)) > 0.2 * peak:
         notes.append("rollout transients are large: the decode window copy and one insert of every fresh sample")
-    shapes = dict(devices=devices, micro_rows=micro_rows, rows_per_device=b, num_micro=num_micro, seq_len=seq,
-                  logits_chunk=chunk, num_slots=num_slots, slots_per_device=_rows_per_device(num_slots, mesh),
-                  capacity=capacity, decode_window=win, prefill_rows=bucket(min(num_slots, fresh), 1, num_slots),
+    shapes = dict(devices=devices, hosts=hosts, rollout_mesh=dict(ro_mesh.shape), micro_rows=micro_rows, rows_per_device=b, num_micro=num_micro, seq_len=seq,
+                  logits_chunk=chunk, num_slots=num_slots, slots_per_device=_rows_per_device(num_slots // hosts, ro_mesh),
+                  capacity=capacity, decode_window=win,
+                  prefill_rows=bucket(min(num_slots // hosts, -(-fresh // hosts)), 1, num_slots // hosts),
                   prefill_window=t_w, score_rows=score_rows if scoring else 0, heads_per_device=nd,
                   kv_heads_per_device=kd, vocab_per_device=vd, num_params=mcfg.num_params())
     return MemoryPlan(model=mcfg, model_source=source, mesh=dict(mesh.shape), device=name or "unspecified",
@@ -361,6 +384,9 @@ def format_plan(p: MemoryPlan) -> str:
     gib = lambda x: f"{x / GiB:10.2f}"  # noqa: E731
     s = p.shapes
     m = p.model
+    r = s["rollout_mesh"]
+    per_host = "" if s["hosts"] == 1 else (f" per host; {s['hosts']} hosts, each on its own policy copy (mesh "
+                                           f"data={r['data']} fsdp={r['fsdp']} tensor={r['tensor']})")
     lines = [
         f"model: {m.family} {s['num_params'] / 1e9:.2f}B params ({p.model_source}); param {m.param_dtype}, "
         f"compute {m.dtype}, remat {m.remat}",
@@ -369,7 +395,7 @@ def format_plan(p: MemoryPlan) -> str:
         f"update: {s['micro_rows']} rows per micro-batch ({s['rows_per_device']} per device) x {s['num_micro']}, "
         f"T={s['seq_len']}, logits chunk {s['logits_chunk'] or 'off'}",
         f"rollout: {s['num_slots']} slots ({s['slots_per_device']} per device) x {s['capacity']} tokens; "
-        f"decode window {s['decode_window']}, prefill {s['prefill_rows']} rows x {s['prefill_window']}",
+        f"decode window {s['decode_window']}, prefill {s['prefill_rows']} rows x {s['prefill_window']}{per_host}",
         f"scoring: {s['score_rows']} rows per forward pass" if s["score_rows"] else "scoring: off",
         "",
         f"{'per device':<20}{'GiB':>10}",
@@ -389,7 +415,8 @@ def run_plan_command(args) -> int:
 
     cfg = load_config(RLConfig, args.config, args.overrides)
     opts = PlanOptions(devices=args.devices, device=args.device, device_memory_gib=args.device_memory_gib,
-                       usable_fraction=args.usable_fraction, preset=args.preset, logits_chunk=args.logits_chunk)
+                       usable_fraction=args.usable_fraction, preset=args.preset, logits_chunk=args.logits_chunk,
+                       hosts=args.hosts)
     p = plan(cfg, opts)
     print(json.dumps(p.to_json(), indent=2) if args.json else format_plan(p))
     return 1 if p.fits is False else 0

@@ -153,7 +153,16 @@ class RLRunner:
         self.engine = RolloutEngine(model, self.tokenizer, self.dispatcher, rcfg, protocol=cfg.tools.protocol,
                                     mesh=self.rollout_mesh, num_prompts=self.share.stop - self.share.start,
                                     seed=cfg.train.seed)
+        self._drop_rollout_copy(self.engine)
         self.val_engine = None
+
+    @staticmethod
+    def _drop_rollout_copy(engine: RolloutEngine) -> None:
+        """Multi-host: frees this process's copy of the policy (``local_copy``) once a rollout
+        is done, so that it does not sit in device memory through the update (one process
+        shares the trainer's arrays: nothing to free)."""
+        if jax.process_count() > 1:
+            engine.update_params(None)
 
     def save(self, wait: bool = False) -> None:
         meta = {"data_position": self.loader.position.to_dict(), "skips": self.guard.state_dict(),
@@ -225,6 +234,7 @@ class RLRunner:
         self.engine.update_params(local_copy(self.params, self.rollout_mesh))
         result = self.engine.run([self.prompts[i] for i in local_idx], seed=t.seed * 1_000_003 + self.step,
                                  prompt_offset=self.share.start)
+        self._drop_rollout_copy(self.engine)
         trajs = result.trajectories
         t_rollout = time.perf_counter() - t0
         rewards = score_trajectories(trajs, [self.examples[i] for i in local_idx], cfg.reward)
@@ -287,6 +297,8 @@ class RLRunner:
             self.val_prompts = encode_examples(self.tokenizer, self.val_examples, self.cfg.data.template_kwargs)
         self.val_engine.update_params(params)
         res = self.val_engine.run(self.val_prompts[share], seed=0, prompt_offset=share.start)
+        del params
+        self._drop_rollout_copy(self.val_engine)
         rewards = score_trajectories(res.trajectories, self.val_examples[share], self.cfg.reward)
         step = gather_rollout(res, rewards, np.zeros(len(rewards), np.float32), share.start, num)
         m = reward_metrics(step.rewards, step.trajectories)

@@ -220,3 +220,18 @@ def test_topk_entropy_matches_reference(model):
     top = np.sort(logp)[::-1][:10]
     np.testing.assert_allclose(r.topk_entropies[0, 0], -np.sum(np.exp(top) * top), rtol=1e-5)
     assert r.topk_entropies[0, 0] < r.entropies[0, 0] + 1e-6
+
+
+def test_dropped_weights_are_an_error_until_new_ones_are_given(fresh, model):
+    """update_params(None) lets a trainer free a sampling copy of the policy between rollouts;
+    an operation in that window fails with a clear message, and new weights resume sampling."""
+    s, rng = fresh, np.random.default_rng(7)
+    weights = s.params
+    s.update_params(None)
+    try:
+        with pytest.raises(RuntimeError, match=r"weights were dropped \(update_params\(None\)\)"):
+            s.insert([0], [_prompt(rng, 5)])
+    finally:
+        s.update_params(weights)
+    s.insert([0], [_prompt(rng, 5)], budgets=[3])
+    assert len(s.decode_chunk().new_tokens(0)[0]) == 3

@@ -57,22 +57,30 @@ def update_steps(out_path):
 def rl_run(out_path, config_path):
     from arpo_jax.config import load_config
     from arpo_jax.rollout import RolloutEngine
-    from arpo_jax.training.rl import run_train
+    from arpo_jax.training import rl
     from arpo_jax.training.rl_config import RLConfig
 
     initialize_from_env()
     calls = []
+    engines, held = [], []
     run = RolloutEngine.run
 
     def recording_run(self, prompts, **kw):  # what this process's engine rolled out
         calls.append({"prompts": len(prompts), "offset": kw.get("prompt_offset", 0), "slots": self.num_slots})
+        engines.append(self)
         return run(self, prompts, **kw)
 
-    RolloutEngine.run = recording_run
-    summary = run_train(load_config(RLConfig, config_path))
+    update = rl.update
+
+    def recording_update(*a, **kw):  # does a rollout engine still hold weights during the update?
+        held.append(any(e.sampler.params is not None for e in engines))
+        return update(*a, **kw)
+
+    RolloutEngine.run, rl.update = recording_run, recording_update
+    summary = rl.run_train(load_config(RLConfig, config_path))
     with open(f"{out_path}.{jax.process_index()}", "w") as f:
         json.dump({"summary": summary, "calls": calls, "processes": jax.process_count(),
-                   "devices": jax.device_count()}, f, default=str)
+                   "devices": jax.device_count(), "weights_held_in_update": held}, f, default=str)
 
 
 if __name__ == "__main__":

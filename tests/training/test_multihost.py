@@ -109,6 +109,9 @@ def test_rl_step_on_two_processes_matches_one(tmp_path):
     for i, p in enumerate(procs):
         assert p["processes"] == 2 and p["devices"] == 2
         assert p["calls"] == [{"prompts": 2, "offset": 2 * i, "slots": 8}] * 2  # its own half, every step
+        # its copy of the policy is freed after each rollout: none is held through the updates
+        assert p["weights_held_in_update"] == [False] * 4
+    assert ref["weights_held_in_update"] == [True] * 4  # one process: the engine shares the trainer's arrays
     assert procs[1]["summary"]["exported"] == []  # process 0 writes (the dumps below hold no duplicates)
 
     assert _dump(two) == _dump(one)  # the union over processes is the single-process rollout

@@ -4,6 +4,7 @@ CPU devices, activations against XLA's buffer assignment, and the paper configs'
 from pathlib import Path
 
 import jax
+import pytest
 import jax.numpy as jnp
 from flax import nnx
 
@@ -108,7 +109,11 @@ def test_qwen25_7b_on_v5p8_fits_with_256_slots_not_with_2048():
     the paper's one-slot-per-trajectory layout (2048 slots, a 616 GiB KV cache) does not."""
     p = plan(_paper("arpo_qwen2.5_7b_reasoning.yaml"), PlanOptions(devices=4, device="v5p"))
     assert p.fits and p.mesh == dict(data=1, fsdp=4, tensor=1)
-    assert 75 * GiB < p.peak < 85.5 * GiB and p.peak == p.phases["update"]
+    assert 70 * GiB < p.peak < 85.5 * GiB and p.peak == p.phases["rollout"] and p.shapes["logits_chunk"] == 1024
+    unchunked = plan(_paper("arpo_qwen2.5_7b_reasoning.yaml", "train.logits_chunk=0"), PlanOptions(devices=4, device="v5p"))
+    # [1, 5632, 152064] logits and their softmax temporaries per chip: the shipped chunk saves ~8.5 GiB
+    assert 8 * GiB < unchunked.items["activations"] - p.items["activations"] < 9 * GiB
+    assert unchunked.peak == unchunked.phases["update"] > p.peak
     naive = p.model.num_params() * 4 // 4  # fp32 / 4 chips; biases and norms are replicated, so a bit more
     assert naive < p.items["params"] < 1.001 * naive and p.model.param_dtype == "float32"
     assert round(p.items["kv_cache"] / GiB, 1) == 19.3  # 256 slots x 5633 tokens x 56 KiB / 4 chips
@@ -155,3 +160,29 @@ def test_cli_plan(capsys):
     assert "--device 'tpu9' is unknown" in capsys.readouterr().err
     assert main(["plan", cfg, "model.mesh=[1,8,1]", "--devices", "4"]) == 2
     assert "needs 8 devices" in capsys.readouterr().err
+
+
+def test_each_host_rolls_out_on_its_own_policy_copy():
+    """--hosts 2: each host samples its half of the slots on a full copy of the policy laid out
+    over its own 4 devices (local_mesh_shape, as training/distributed.local_mesh): the copy
+    counts in the rollout phase only (the trainer frees it before the update)."""
+    from arpo_jax.training.distributed import local_mesh_shape
+
+    cfg = _tiny_cfg()  # mesh data=1 fsdp=4 tensor=2 on 8 devices
+    one = plan(cfg, PlanOptions(devices=8))
+    two = plan(cfg, PlanOptions(devices=8, hosts=2))
+    shape = local_mesh_shape(one.mesh, 4)
+    assert shape == (1, 2, 2) and two.shapes["rollout_mesh"] == dict(data=1, fsdp=2, tensor=2)
+    local = make_mesh(shape, jax.devices()[:4])
+    mcfg, _ = resolve_model_config(cfg)
+    copy = nnx.split(create_model(mcfg, seed=0, mesh=local))[1]
+    assert one.items["rollout_params"] == 0 and two.items["rollout_params"] == _device_bytes(copy) > one.items["params"]
+    sstate = init_state(mcfg, 4, cfg.rollout.slot_capacity)  # this host's 4 of the 8 slots
+    assert two.items["kv_cache"] == _device_bytes(jax.device_put(sstate, sampler_shardings(sstate, local)))
+    assert two.phases["update"] == one.phases["update"]
+    assert two.phases["rollout"] == one.phases["rollout"] + two.items["rollout_params"]
+    # a tensor split over 8 devices, on hosts of 4: each host's copy is split 4 ways on tensor
+    assert local_mesh_shape(dict(data=1, fsdp=1, tensor=8), 4) == (1, 1, 4)
+    assert local_mesh_shape(dict(data=2, fsdp=1, tensor=2), 4) == (2, 1, 2)
+    with pytest.raises(ValueError, match="--hosts 3 must be a positive divisor of the 8 devices"):
+        plan(cfg, PlanOptions(devices=8, hosts=3))
