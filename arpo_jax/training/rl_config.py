@@ -136,6 +136,8 @@ class RLTrainConfig:
             raise ValueError("train.steps must be >= 0 and train.epochs >= 1 when steps is 0")
         if self.pad_len < 0:
             raise ValueError("train.pad_len must be >= 0")
+        if self.logits_chunk < 0:
+            raise ValueError(f"train.logits_chunk must be >= 0, got {self.logits_chunk}")
         if self.mini_batches < 1 or self.ppo_epochs < 1 or self.micro_batch_size < 0:
             raise ValueError("train.mini_batches and train.ppo_epochs must be >= 1, micro_batch_size >= 0")
 

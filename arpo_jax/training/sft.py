@@ -36,39 +36,44 @@ from arpo_jax.training.sft_config import SFTConfig
 from arpo_jax.training.sft_data import load_sft_examples
 from arpo_jax.training.sft_loader import SFTLoader
 from arpo_jax.training.signals import PreemptionHandler, SkipGuard, TrainingDiverged
-from arpo_jax.training.update import OptimizerConfig, apply_if_finite, cached_optimizer, lr_schedule
+from arpo_jax.training.update import (OptimizerConfig, apply_if_finite, cached_optimizer, lr_schedule,
+                                     map_time_chunks)
 
 LOG_KEYS = ("loss", "grad_norm", "lr", "accuracy", "num_tokens", "skipped", "skipped_total", "epoch")
 
 
 # ---------------------------------------------------------------------------- loss and step
-def sft_loss(model, batch: dict) -> PolicyLossOutput:
+def sft_loss(model, batch: dict, logits_chunk: int = 0) -> PolicyLossOutput:
     """Cross-entropy of one (micro-)batch as (loss_sum, denominator, stats).
 
     batch: tokens int32 [B, T], attention_mask int32 [B, T], loss_mask float32 [B, T];
-    token t is predicted from tokens[:t] and counts when loss_mask[t] > 0.
+    token t is predicted from tokens[:t] and counts when loss_mask[t] > 0. ``logits_chunk`` > 0
+    computes the fp32 logits that many positions at a time (``map_time_chunks``).
     """
-    logits = model(batch["tokens"], attention_mask=batch["attention_mask"])[:, :-1]  # [B, T-1, V]
+    hidden = model(batch["tokens"], attention_mask=batch["attention_mask"], return_hidden=True)[:, :-1]
     targets = batch["tokens"][:, 1:]  # [B, T-1]
     mask = batch["loss_mask"][:, 1:].astype(jnp.float32)  # [B, T-1]
-    logits = logits.astype(jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)  # [B, T-1]
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    nll = lse - target_logit
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+
+    def score(h, y):  # [B, C, D], [B, C] -> nll [B, C], correct [B, C]
+        logits = model.logits(h).astype(jnp.float32)  # [B, C, V]
+        nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
+        return nll, (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
+
+    nll, correct = map_time_chunks(score, hidden, targets, logits_chunk)
     denom = jnp.sum(mask)
     return PolicyLossOutput(jnp.sum(nll * mask), denom, {"num_tokens": denom, "correct": jnp.sum(correct * mask)})
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "optimizer", "num_micro"),
+@functools.partial(jax.jit, static_argnames=("graphdef", "optimizer", "num_micro", "logits_chunk"),
                    donate_argnames=("params", "opt_state"))
-def sft_step(params, opt_state, batch: dict, loss_scale, *, graphdef, optimizer, num_micro: int = 1):
+def sft_step(params, opt_state, batch: dict, loss_scale, *, graphdef, optimizer, num_micro: int = 1,
+             logits_chunk: int = 0):
     """One AdamW step on ``batch`` → (params, opt_state, metrics); non-finite → unchanged, skipped=1.
 
     loss_scale: float32 [] multiplying the loss (1.0; NaN only to test the safety path).
     """
     def loss_fn(p, mb):
-        out = sft_loss(nnx.merge(graphdef, p), mb)
+        out = sft_loss(nnx.merge(graphdef, p), mb, logits_chunk)
         return out._replace(loss_sum=out.loss_sum * loss_scale)
 
     grads, out = accumulate_gradients(loss_fn, params, split_micro_batches(batch, num_micro))
@@ -79,10 +84,10 @@ def sft_step(params, opt_state, batch: dict, loss_scale, *, graphdef, optimizer,
     return params, opt_state, metrics
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def sft_eval_step(params, batch: dict, *, graphdef):
+@functools.partial(jax.jit, static_argnames=("graphdef", "logits_chunk"))
+def sft_eval_step(params, batch: dict, *, graphdef, logits_chunk: int = 0):
     """(loss_sum, num_tokens, correct) of a batch, for an exact token mean over an eval set."""
-    out = sft_loss(nnx.merge(graphdef, params), batch)
+    out = sft_loss(nnx.merge(graphdef, params), batch, logits_chunk)
     return out.loss_sum, out.denominator, out.stats["correct"]
 
 
@@ -181,10 +186,11 @@ def _device_batch(arrays: dict, mesh) -> dict:
     return global_batch({k: v[rows] for k, v in arrays.items()}, sharding)
 
 
-def _evaluate(loader: SFTLoader, params, graphdef, batch_size: int, mesh) -> dict[str, float]:
+def _evaluate(loader: SFTLoader, params, graphdef, batch_size: int, mesh, logits_chunk: int) -> dict[str, float]:
     loss = tokens = correct = 0.0
     for arrays in loader.eval_batches(batch_size):
-        s, n, c = jax.device_get(sft_eval_step(params, _device_batch(arrays, mesh), graphdef=graphdef))
+        s, n, c = jax.device_get(sft_eval_step(params, _device_batch(arrays, mesh), graphdef=graphdef,
+                                               logits_chunk=logits_chunk))
         loss, tokens, correct = loss + float(s), tokens + float(n), correct + float(c)
     return {"eval/loss": loss / max(tokens, 1e-8), "eval/accuracy": correct / max(tokens, 1e-8),
             "eval/num_tokens": tokens}
@@ -312,7 +318,7 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
                 lr = learning_rate(opt_cfg, step - guard.total)
                 params, opt_state, metrics = sft_step(params, opt_state, _device_batch(batch.arrays(), mesh), scale,
                                                       graphdef=graphdef, optimizer=optimizer,
-                                                      num_micro=t.micro_batches)
+                                                      num_micro=t.micro_batches, logits_chunk=t.logits_chunk)
                 metrics = jax.device_get(metrics)
                 step += 1
                 guard.update(bool(metrics["skipped"]))
@@ -321,7 +327,8 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
                             tokens_per_sec=float(batch.attention_mask.sum()) / dt, seq_len=batch.tokens.shape[1])
                 evaluated = eval_loader is not None and step % t.eval_every == 0
                 if evaluated:
-                    last.update(_evaluate(eval_loader, params, graphdef, t.eval_batch_size or t.batch_size, mesh))
+                    last.update(_evaluate(eval_loader, params, graphdef, t.eval_batch_size or t.batch_size, mesh,
+                                          t.logits_chunk))
                 if step % cfg.logging.every == 0 or metrics["skipped"] or step == total_steps or evaluated:
                     log.log(step, last)
                 if metrics["skipped"]:

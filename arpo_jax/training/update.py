@@ -110,6 +110,22 @@ def make_policy_batch(tokens, attention_mask, loss_mask, old_logprobs, advantage
                        f32(advantages), f32(token_weights), f32(ref_logprobs))
 
 
+def map_time_chunks(score, hidden: jax.Array, targets: jax.Array, chunk: int):
+    """``score(hidden [B, C, D], targets [B, C]) -> tuple of [B, C]`` over time chunks of ``chunk``
+    tokens (0: all T at once), each under ``jax.checkpoint`` (recomputed in the backward pass), so
+    that the [B, T, V] logits ``score`` computes from ``hidden`` are never all materialised.
+    Returns the tuple of [B, T] arrays, as one call over the whole sequence would."""
+    b, t = targets.shape
+    if not chunk or t <= chunk:
+        return score(hidden, targets)
+    n = -(-t // chunk)
+    pad = n * chunk - t
+    h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, -1).swapaxes(0, 1)  # [n, B, C, D]
+    y = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)  # [n, B, C]
+    outs = jax.lax.map(jax.checkpoint(lambda xs: score(*xs)), (h, y))  # tuple of [n, B, C]
+    return tuple(v.swapaxes(0, 1).reshape(b, -1)[:, :t] for v in outs)
+
+
 def sequence_logprobs(model, tokens: jax.Array, attention_mask: jax.Array, temperature: float = 1.0,
                       vocab_size: int | None = None, logits_chunk: int = 0):
     """Per-token log-probs and entropies [B, T] of ``tokens`` under ``model`` (index 0 → 0).
@@ -129,17 +145,8 @@ def sequence_logprobs(model, tokens: jax.Array, attention_mask: jax.Array, tempe
             logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
         return token_logprobs_and_entropy(logits, y, temperature)
 
-    b, t1 = targets.shape
-    if logits_chunk and t1 > logits_chunk:
-        n = -(-t1 // logits_chunk)
-        pad = n * logits_chunk - t1
-        h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, n, logits_chunk, -1).swapaxes(0, 1)
-        y = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, n, logits_chunk).swapaxes(0, 1)
-        lp, ent = jax.lax.map(jax.checkpoint(lambda xs: score(*xs)), (h, y))  # [n, B, C]
-        logprobs, entropy = (v.swapaxes(0, 1).reshape(b, -1)[:, :t1] for v in (lp, ent))
-    else:
-        logprobs, entropy = score(hidden, targets)
-    pad = jnp.zeros((b, 1), jnp.float32)
+    logprobs, entropy = map_time_chunks(score, hidden, targets, logits_chunk)
+    pad = jnp.zeros((targets.shape[0], 1), jnp.float32)
     return jnp.concatenate([pad, logprobs], 1), jnp.concatenate([pad, entropy], 1)
 
 

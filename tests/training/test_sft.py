@@ -182,3 +182,40 @@ def test_sft_micro_batches_stay_on_their_devices_and_match_one_batch():
         np.testing.assert_allclose(float(results[k][1]["loss"]), float(results[1][1]["loss"]), rtol=1e-5)
         for a, b in zip(results[k][0], results[1][0]):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)  # Adam steps are ~1e-3
+
+
+def test_chunked_sft_loss_equals_the_full_one_and_negative_chunks_are_refused():
+    """train.logits_chunk computes the same loss, accuracy and gradients without [B, T, V]
+    logits (a chunk that does not divide T included)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from arpo_jax.models import create_model, get_preset
+    from arpo_jax.training.sft import sft_loss
+    from arpo_jax.training.sft_config import SFTTrainConfig
+
+    cfg = get_preset("qwen2.5-0.5b", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
+                     num_heads=4, num_kv_heads=2, head_dim=8)
+    graphdef, params = nnx.split(create_model(cfg, seed=1))
+    rng = np.random.default_rng(4)
+    lengths = np.array([13, 6, 9])
+    attn = (np.arange(13)[None] < lengths[:, None]).astype(np.int32)
+    loss_mask = attn * (rng.random((3, 13)) < 0.7)
+    batch = {"tokens": jnp.asarray(rng.integers(0, 64, (3, 13)), jnp.int32), "attention_mask": jnp.asarray(attn),
+             "loss_mask": jnp.asarray(loss_mask, jnp.float32)}
+
+    def run(chunk):
+        fn = lambda p: (lambda o: (o.loss_sum, o))(sft_loss(nnx.merge(graphdef, p), batch, chunk))  # noqa: E731
+        (_, out), grads = jax.value_and_grad(fn, has_aux=True)(params)
+        return out, jax.tree.leaves(grads)
+
+    full, g_full = run(0)
+    for chunk in (5, 4):  # T - 1 = 12: 5 leaves a padded last chunk
+        out, g = run(chunk)
+        np.testing.assert_allclose(float(out.loss_sum), float(full.loss_sum), rtol=1e-6)
+        assert float(out.stats["correct"]) == float(full.stats["correct"]) and float(out.denominator) == loss_mask[:, 1:].sum()
+        for a, b in zip(g, g_full):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="train.logits_chunk must be >= 0, got -1"):
+        SFTTrainConfig(logits_chunk=-1)
