@@ -1,8 +1,11 @@
-"""One process of the jax.distributed tests (run by test_multihost.py, one CPU device each).
+"""One process of the jax.distributed tests (run by test_multihost.py; one CPU device each
+unless ARPO_TEST_LOCAL_DEVICES says otherwise).
 
 ``multihost_worker.py update OUT``: two sharded policy updates on a fixed batch.
 ``multihost_worker.py rl OUT CONFIG``: ``arpo-jax train`` on CONFIG; every process writes
 ``OUT.<process>`` with the summary and the prompts its rollout engine was given.
+``multihost_worker.py copy OUT``: ``local_copy`` of a tensor-parallel model onto this process's
+devices; writes ``OUT.<process>`` with the local mesh, the shard shapes and the values' check.
 """
 
 import json
@@ -10,7 +13,8 @@ import os
 import sys
 
 os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={os.environ.get('ARPO_TEST_LOCAL_DEVICES', '1')} "
+                           "--xla_backend_optimization_level=0")
 
 import jax  # noqa: E402
 import jax.experimental.multihost_utils  # noqa: E402,F401
@@ -83,9 +87,34 @@ def rl_run(out_path, config_path):
                    "devices": jax.device_count(), "weights_held_in_update": held}, f, default=str)
 
 
+def copy_run(out_path):
+    """Global mesh tensor=4 over 2 processes x 2 devices: each process's rollout copy is split
+    2 ways on tensor (gcd(4, 2)) and holds exactly the global values."""
+    from flax import nnx
+
+    from arpo_jax.training.distributed import local_copy, local_mesh
+
+    initialize_from_env()
+    mesh = make_mesh((1, 1, -1))
+    params = nnx.split(create_model(CFG, seed=3, mesh=mesh))[1]
+    local = local_mesh(mesh)
+    copy = local_copy(params, local)
+    q_global = np.asarray(jax.experimental.multihost_utils.process_allgather(params["layers"][0]["attn"]["q_proj"][...],
+                                                                            tiled=True))
+    q_local = copy["layers"][0]["attn"]["q_proj"][...]
+    same = all(np.array_equal(np.asarray(a.data), q_global[a.index]) for a in q_local.addressable_shards)
+    with open(f"{out_path}.{jax.process_index()}", "w") as f:
+        json.dump({"global_mesh": dict(mesh.shape), "local_mesh": dict(local.shape),
+                   "local_devices": sorted(d.id for d in local.devices.flat),
+                   "q_shard": list(q_local.addressable_shards[0].data.shape), "q_global": list(q_global.shape),
+                   "fully_addressable": bool(q_local.is_fully_addressable), "same_values": bool(same)}, f)
+
+
 if __name__ == "__main__":
     mode, out = sys.argv[1], sys.argv[2]
     if mode == "update":
         update_steps(out)
+    elif mode == "copy":
+        copy_run(out)
     else:
         rl_run(out, sys.argv[3])
