@@ -34,7 +34,7 @@ Nd/Kd/Fd/Vd = heads, kv heads, ffn width, vocab per device after the tensor spli
     over its own devices (``training.distributed.local_copy``, laid out by ``local_mesh_shape``),
     with its share of the slots; the copy lives during the rollout only (freed before the update).
   score       old/reference log-probs (train.old_logprobs=recompute or a KL term): a forward pass
-    over ``score_rows`` rows (rl.py: the whole mini-batch) with its logits.
+    over ``score_rows`` rows (rl.py: one micro-batch at a time) with its logits.
 Phases: rollout = params + opt_state + reference + kv_cache + rollout_params + max(decode, prefill)
   + gathered (on the rollout's mesh);
 update = params + opt_state + reference + kv_cache + grads + activations + gathered; score.
@@ -85,7 +85,8 @@ class PlanOptions:
       has it, else 0 = [B, T, V] materialised).
     cache_during_update: the sampler's KV cache stays allocated while the update runs.
     score_rows: rows of one scoring forward pass (old log-probs with train.old_logprobs=recompute,
-      reference log-probs with a KL term); None = the whole mini-batch, as ``training/rl.py`` does.
+      reference log-probs with a KL term); None = one update micro-batch, as ``training/rl.py``
+      scores a mini-batch (``score_tokens(num_micro=...)``).
     hosts: JAX processes the devices are split over (a v5p-16 is 2 hosts of 4 chips); with more
       than one, each host rolls out its share of the slots on its own copy of the policy.
     """
@@ -277,7 +278,7 @@ def plan(cfg: RLConfig, opts: PlanOptions = PlanOptions()) -> MemoryPlan:
 
     # ---- scoring forward pass (no gradients: one layer's working set at a time)
     scoring = tr.old_logprobs == "recompute" or cfg.loss.kl_coef > 0
-    score_rows = min(opts.score_rows or mini_rows, mini_rows)
+    score_rows = min(opts.score_rows or micro_rows, mini_rows)
     bs = _rows_per_device(score_rows, mesh)
     score_acts = 0
     if scoring:

@@ -140,8 +140,11 @@ def test_qwen3_14b_on_8xh100_fits_tensor_parallel_not_fsdp_only():
 def test_scoring_pass_and_two_micro_batches_are_counted():
     rec = plan(_paper("arpo_qwen2.5_7b_reasoning.yaml", "train.old_logprobs=recompute"),
                PlanOptions(devices=4, device="v5p"))
-    assert rec.shapes["score_rows"] == 256 and rec.phases["score"] > rec.phases["update"]
-    assert any("scoring runs 256 rows" in n for n in rec.notes)
+    # rl.py scores a mini-batch one micro-batch (4 rows, 1 per chip) at a time
+    assert rec.shapes["score_rows"] == 4 and rec.phases["score"] < rec.phases["update"]
+    whole = plan(_paper("arpo_qwen2.5_7b_reasoning.yaml", "train.old_logprobs=recompute"),
+                 PlanOptions(devices=4, device="v5p", score_rows=256))
+    assert whole.phases["score"] > whole.phases["update"] and any("scoring runs 256 rows" in n for n in whole.notes)
     base = _tiny_cfg()
     two = plan(_tiny_cfg(micro=2), PlanOptions(devices=8))
     one = plan(base, PlanOptions(devices=8))
