@@ -31,7 +31,8 @@ Nd/Kd/Fd/Vd = heads, kv heads, ffn width, vocab per device after the tensor spli
     sampling); prefill: the rows of one insert (all fresh samples of a step, bucketed) × (window
     copy + Nd·512·T_w·(8 + Dt) scores, forward only). Both measured against XLA on CPU.
   rollout_params  with several hosts (JAX processes) each rolls out on a full copy of the policy
-    over its own devices (``training.distributed.local_copy``, laid out by ``local_mesh_shape``),
+    in the compute dtype over its own devices (``training.distributed.local_copy``, laid out by
+    ``local_mesh_shape``),
     with its share of the slots; the copy lives during the rollout only (freed before the update).
   score       old/reference log-probs (train.old_logprobs=recompute or a KL term): a forward pass
     over ``score_rows`` rows (rl.py: one micro-batch at a time) with its logits.
@@ -235,7 +236,10 @@ def plan(cfg: RLConfig, opts: PlanOptions = PlanOptions()) -> MemoryPlan:
     p_bytes = shard_bytes(abs_params, param_shardings(abs_params, mesh))
     abs_opt = jax.eval_shape(make_optimizer(cfg.optimizer).init, abs_params)
     o_bytes = shard_bytes(abs_opt, param_shardings(abs_opt, mesh))
-    ro_p_bytes = 0 if hosts == 1 else shard_bytes(abs_params, param_shardings(abs_params, ro_mesh))
+    ro_p_bytes = 0  # each host's rollout copy, stored in the compute dtype (local_copy)
+    if hosts > 1:
+        ro_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, mcfg.jnp_dtype), abs_params)
+        ro_p_bytes = shard_bytes(ro_params, param_shardings(ro_params, ro_mesh))
 
     ro, tr, data = cfg.rollout, cfg.train, cfg.data
     per_prompt, capacity = ro.total_rollouts, ro.slot_capacity

@@ -148,7 +148,7 @@ class RLRunner:
         if cfg.loss.kl_coef:  # frozen reference = the starting policy (reloaded on resume)
             self.ref_params = jax.tree.map(jnp.copy, nnx.split(build_model(cfg, self.tokenizer, self.mesh)[0])[1])
         self.vocab_size = min(len(self.tokenizer), self.mcfg.vocab_size)
-        model = nnx.merge(self.graphdef, local_copy(self.params, self.rollout_mesh))
+        model = nnx.merge(self.graphdef, local_copy(self.params, self.rollout_mesh, self.mcfg.jnp_dtype))
         rcfg = dataclasses.replace(cfg.rollout, num_slots=cfg.rollout.num_slots // jax.process_count())
         self.engine = RolloutEngine(model, self.tokenizer, self.dispatcher, rcfg, protocol=cfg.tools.protocol,
                                     mesh=self.rollout_mesh, num_prompts=self.share.stop - self.share.start,
@@ -231,7 +231,7 @@ class RLRunner:
         batch_idx = self.loader.next_batch()  # the whole step's prompts (the same on every process)
         local_idx = batch_idx[self.share]
         epoch = self.loader.epoch_float()
-        self.engine.update_params(local_copy(self.params, self.rollout_mesh))
+        self.engine.update_params(local_copy(self.params, self.rollout_mesh, self.mcfg.jnp_dtype))
         result = self.engine.run([self.prompts[i] for i in local_idx], seed=t.seed * 1_000_003 + self.step,
                                  prompt_offset=self.share.start)
         self._drop_rollout_copy(self.engine)
@@ -285,7 +285,7 @@ class RLRunner:
         r, n, i = self.cfg.rollout, jax.process_count(), jax.process_index()
         num = len(self.val_examples)
         share = slice(i * num // n, (i + 1) * num // n)
-        params = local_copy(self.params, self.rollout_mesh)
+        params = local_copy(self.params, self.rollout_mesh, self.mcfg.jnp_dtype)
         if self.val_engine is None:
             vcfg = RolloutConfig(policy="trajectory", total_rollouts=1, greedy=True,
                                  max_response_tokens=r.max_response_tokens, max_prompt_tokens=r.max_prompt_tokens,

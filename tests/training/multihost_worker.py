@@ -89,25 +89,36 @@ def rl_run(out_path, config_path):
 
 def copy_run(out_path):
     """Global mesh tensor=4 over 2 processes x 2 devices: each process's rollout copy is split
-    2 ways on tensor (gcd(4, 2)) and holds exactly the global values."""
+    2 ways on tensor (gcd(4, 2)) and holds exactly the global values; a copy stored in the
+    compute dtype (bf16, fp32 master weights) gives the same logits as the fp32 copy."""
+    import jax.numpy as jnp
     from flax import nnx
 
     from arpo_jax.training.distributed import local_copy, local_mesh
 
     initialize_from_env()
     mesh = make_mesh((1, 1, -1))
-    params = nnx.split(create_model(CFG, seed=3, mesh=mesh))[1]
+    cfg = CFG.replace(param_dtype="float32", dtype="bfloat16")
+    graphdef, params = nnx.split(create_model(cfg, seed=3, mesh=mesh))
     local = local_mesh(mesh)
     copy = local_copy(params, local)
+    half = local_copy(params, local, jnp.bfloat16)
     q_global = np.asarray(jax.experimental.multihost_utils.process_allgather(params["layers"][0]["attn"]["q_proj"][...],
                                                                             tiled=True))
     q_local = copy["layers"][0]["attn"]["q_proj"][...]
     same = all(np.array_equal(np.asarray(a.data), q_global[a.index]) for a in q_local.addressable_shards)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 7)), jnp.int32)
+    with jax.set_mesh(local):
+        logits = [np.asarray(nnx.merge(graphdef, c)(tokens)) for c in (copy, half)]
+    nbytes = [sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(c)) for c in (copy, half)]
     with open(f"{out_path}.{jax.process_index()}", "w") as f:
         json.dump({"global_mesh": dict(mesh.shape), "local_mesh": dict(local.shape),
                    "local_devices": sorted(d.id for d in local.devices.flat),
                    "q_shard": list(q_local.addressable_shards[0].data.shape), "q_global": list(q_global.shape),
-                   "fully_addressable": bool(q_local.is_fully_addressable), "same_values": bool(same)}, f)
+                   "fully_addressable": bool(q_local.is_fully_addressable), "same_values": bool(same),
+                   "half_dtypes": sorted({str(x.dtype) for x in jax.tree.leaves(half)}), "bytes": nbytes,
+                   "same_logits": bool(np.array_equal(logits[0], logits[1])),
+                   "logits_finite": bool(np.isfinite(logits[0]).all())}, f)
 
 
 if __name__ == "__main__":

@@ -140,7 +140,8 @@ def test_rl_step_on_two_processes_matches_one(tmp_path):
 
 def test_rollout_copy_is_split_over_the_tensor_devices_a_process_has(tmp_path):
     """Global tensor 4 over 2 processes of 2 devices: each process's rollout copy of the policy
-    lives on its own 2 devices, split 2 ways on tensor (not replicated), with the global values."""
+    lives on its own 2 devices, split 2 ways on tensor (not replicated), with the global values,
+    and in the compute dtype it takes half the memory and gives the same logits."""
     _run(2, "copy", tmp_path / "copy.json", local_devices=2)
     outs = [json.loads((tmp_path / f"copy.json.{i}").read_text()) for i in range(2)]
     for i, o in enumerate(outs):
@@ -148,6 +149,9 @@ def test_rollout_copy_is_split_over_the_tensor_devices_a_process_has(tmp_path):
         assert o["local_mesh"] == {"data": 1, "fsdp": 1, "tensor": 2} and len(o["local_devices"]) == 2
         assert o["q_global"] == [32, 4, 8] and o["q_shard"] == [32, 2, 8]  # [D, N, H]: 4 heads, 2 per device
         assert o["fully_addressable"] and o["same_values"]
+        # stored in the compute dtype: half the bytes, the same logits (every weight is cast before use)
+        assert o["half_dtypes"] == ["bfloat16"] and 2 * o["bytes"][1] == o["bytes"][0]
+        assert o["same_logits"] and o["logits_finite"]
     assert not set(outs[0]["local_devices"]) & set(outs[1]["local_devices"])
 
 

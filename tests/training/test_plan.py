@@ -1,6 +1,7 @@
 """The memory planner: hand-computed and measured per-device bytes for a tiny model on the 8 fake
 CPU devices, activations against XLA's buffer assignment, and the paper configs' verdicts."""
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -184,6 +185,9 @@ def test_each_host_rolls_out_on_its_own_policy_copy():
     assert two.items["kv_cache"] == _device_bytes(jax.device_put(sstate, sampler_shardings(sstate, local)))
     assert two.phases["update"] == one.phases["update"]
     assert two.phases["rollout"] == one.phases["rollout"] + two.items["rollout_params"]
+    # fp32 master weights, bf16 compute: the copy is stored in bf16 (local_copy's dtype)
+    mixed = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype="bfloat16"))
+    assert 2 * plan(mixed, PlanOptions(devices=8, hosts=2)).items["rollout_params"] == two.items["rollout_params"]
     # a tensor split over 8 devices, on hosts of 4: each host's copy is split 4 ways on tensor
     assert local_mesh_shape(dict(data=1, fsdp=1, tensor=8), 4) == (1, 1, 4)
     assert local_mesh_shape(dict(data=2, fsdp=1, tensor=2), 4) == (2, 1, 2)
