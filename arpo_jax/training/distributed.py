@@ -126,8 +126,9 @@ def local_copy(tree, mesh: Mesh, dtype=None):
     one replicated leaf) and its local replica re-sharded. The identity on one process.
 
     dtype: store floating leaves in it (cast before the gather). The model casts every weight
-    to its compute dtype before use, so a copy in the compute dtype samples exactly as the
-    original does, in half the memory when the originals are fp32 master weights.
+    to its compute dtype before use, so a copy in the compute dtype computes with the same
+    weights (identical logits in the CPU test; XLA may keep excess precision in a fused cast
+    elsewhere), in half the memory when the originals are fp32 master weights.
     """
     if jax.process_count() == 1:
         return tree

@@ -1,5 +1,5 @@
-"""One process of the jax.distributed tests (run by test_multihost.py; one CPU device each
-unless ARPO_TEST_LOCAL_DEVICES says otherwise).
+"""One process of the jax.distributed tests (run by test_multihost.py, one CPU device each:
+CPU collectives with several devices per process are not reliable, openxla/xla#16430).
 
 ``multihost_worker.py update OUT``: two sharded policy updates on a fixed batch.
 ``multihost_worker.py rl OUT CONFIG``: ``arpo-jax train`` on CONFIG; every process writes
@@ -13,8 +13,7 @@ import os
 import sys
 
 os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={os.environ.get('ARPO_TEST_LOCAL_DEVICES', '1')} "
-                           "--xla_backend_optimization_level=0")
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
 
 import jax  # noqa: E402
 import jax.experimental.multihost_utils  # noqa: E402,F401
@@ -88,9 +87,9 @@ def rl_run(out_path, config_path):
 
 
 def copy_run(out_path):
-    """Global mesh tensor=4 over 2 processes x 2 devices: each process's rollout copy is split
-    2 ways on tensor (gcd(4, 2)) and holds exactly the global values; a copy stored in the
-    compute dtype (bf16, fp32 master weights) gives the same logits as the fp32 copy."""
+    """Global mesh tensor=2 over 2 processes of 1 device: each process's rollout copy is whole on
+    its device and holds exactly the global values; a copy stored in the compute dtype (bf16,
+    fp32 master weights) gives the same logits as the fp32 copy."""
     import jax.numpy as jnp
     from flax import nnx
 
