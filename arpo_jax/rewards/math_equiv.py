@@ -2,10 +2,11 @@
 
 ``math_equal("0.5", "\\frac{1}{2}")`` is True, ``math_equal("-1", "1")`` is False. Answers
 are parsed as LaTeX (or plain expressions) into SymPy and compared symbolically and
-numerically. Time is bounded: on the main thread math-verify's own ``SIGALRM`` timeouts
-apply; on any other thread (where signals cannot be used) the check runs in a long-lived
-helper process that is killed and replaced when it overruns. Over-long answers are rejected
-without parsing.
+numerically. Time is bounded: every check runs in a long-lived helper process, on its main
+thread (where math-verify's own ``SIGALRM`` timeouts work), and the helper is killed and
+replaced when it overruns. Not in this process: a ``SIGALRM`` that lands while a garbage
+collector callback runs (JAX registers one) is swallowed ("Exception ignored in
+_xla_gc_callback"), and the timeout is lost. Over-long answers are rejected without parsing.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ def _verify(pred: str, gold: str, timeout_s: int) -> bool:
 class _Worker:
     """A long-lived ``python -m arpo_jax.rewards.math_equiv`` child answering JSON lines.
 
-    Used off the main thread, where math-verify cannot use ``SIGALRM``: the child runs each
-    check on its own main thread (so math-verify's timeouts work) and is killed and replaced
-    when it does not answer in time (e.g. stuck inside a C routine).
+    The child runs each check on its own main thread (so math-verify's timeouts work) and is
+    killed and replaced when it does not answer in time (a lost timeout, or a C routine that
+    does not return). About 0.7 s to start, then about 1 ms per check.
     """
 
     def __init__(self) -> None:
@@ -129,8 +130,6 @@ def math_equal(pred: str, gold: str, timeout_s: float = 5.0) -> bool:
         return False
     seconds = max(1, math.ceil(timeout_s))
     try:
-        if threading.current_thread() is threading.main_thread():
-            return _verify(pred, gold, seconds)
         return _WORKER.check(pred, gold, seconds)
     except Exception:  # noqa: BLE001 - a parser failure means "not shown equal"
         return False

@@ -63,6 +63,24 @@ def test_off_main_thread_uses_a_helper_process():
     assert results == {"half": True, "sign": False}
 
 
+def test_the_main_thread_uses_the_helper_process_too(monkeypatch):
+    """In a JAX process a SIGALRM landing in JAX's gc callback is swallowed (the timeout is
+    lost), so no check relies on signals in this process: the main thread also goes through
+    the helper, which is killed when it overruns."""
+    calls = []
+
+    class Recording(math_equiv._Worker):
+        def check(self, pred, gold, timeout_s):
+            calls.append((pred, gold, timeout_s))
+            return super().check(pred, gold, timeout_s)
+
+    monkeypatch.setattr(math_equiv, "_WORKER", Recording())
+    assert threading.current_thread() is threading.main_thread()
+    assert math_equal("0.5", "\\frac{1}{2}", timeout_s=2) and not math_equal("-1", "1")
+    assert calls == [("0.5", "\\frac{1}{2}", 2), ("-1", "1", 5)]
+    math_equiv._WORKER._kill()
+
+
 def test_a_stuck_helper_is_killed(monkeypatch):
     class Sleeper(math_equiv._Worker):
         def _start(self) -> subprocess.Popen[str]:
