@@ -50,16 +50,19 @@ def sft_loss(model, batch: dict, logits_chunk: int = 0) -> PolicyLossOutput:
     token t is predicted from tokens[:t] and counts when loss_mask[t] > 0. ``logits_chunk`` > 0
     computes the fp32 logits that many positions at a time (``map_time_chunks``).
     """
-    hidden = model(batch["tokens"], attention_mask=batch["attention_mask"], return_hidden=True)[:, :-1]
     targets = batch["tokens"][:, 1:]  # [B, T-1]
     mask = batch["loss_mask"][:, 1:].astype(jnp.float32)  # [B, T-1]
 
-    def score(h, y):  # [B, C, D], [B, C] -> nll [B, C], correct [B, C]
-        logits = model.logits(h).astype(jnp.float32)  # [B, C, V]
+    def nll_and_correct(logits, y):  # [B, C, V], [B, C] -> nll [B, C], correct [B, C]
+        logits = logits.astype(jnp.float32)
         nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
         return nll, (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
 
-    nll, correct = map_time_chunks(score, hidden, targets, logits_chunk)
+    if logits_chunk:
+        hidden = model(batch["tokens"], attention_mask=batch["attention_mask"], return_hidden=True)[:, :-1]
+        nll, correct = map_time_chunks(lambda h, y: nll_and_correct(model.logits(h), y), hidden, targets, logits_chunk)
+    else:  # the plain forward: XLA fuses it differently, and training is sensitive to the rounding
+        nll, correct = nll_and_correct(model(batch["tokens"], attention_mask=batch["attention_mask"])[:, :-1], targets)
     denom = jnp.sum(mask)
     return PolicyLossOutput(jnp.sum(nll * mask), denom, {"num_tokens": denom, "correct": jnp.sum(correct * mask)})
 
