@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml scripts/setup.sh
 setup: $(STAMP)
 
 demo: $(STAMP)
+	$(VENV)/bin/arpo-jax tools check
 	$(VENV)/bin/arpo-jax demo --out runs/demo
 
 test: $(STAMP)

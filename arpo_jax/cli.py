@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from arpo_jax.tools.sandbox import SandboxUnavailable
+
 
 def _load_any(path: str, dtype: str | None = None, mesh=None):
     from arpo_jax.models.hf_io import load_hf
@@ -171,6 +173,22 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_tools_check(args) -> int:
+    """Which sandbox runs model code here, its limits, and a containment self-test (exit 1 on failure)."""
+    from arpo_jax.config import from_dict, load_values
+    from arpo_jax.tools.check import format_report, sandbox_report
+    from arpo_jax.tools.config import PythonToolConfig
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:  # only overrides were given
+        config, overrides = None, [config, *overrides]
+    values = load_values(config, overrides).get("tools", {}) or {}
+    cfg = from_dict(PythonToolConfig, values.get("python", {}) or {}, "tools.python.")
+    report = sandbox_report(cfg, run_self_test=not args.no_self_test)
+    print(json.dumps(report, default=str) if args.json else format_report(report))
+    return 0 if report["ok"] else 1
+
+
 def cmd_plan(args) -> int:
     """Per-device memory plan of an RL config; exit 1 when it does not fit."""
     from arpo_jax.training.plan import run_plan_command
@@ -231,6 +249,15 @@ def build_parser(with_benches: bool = True) -> argparse.ArgumentParser:
     ap.add_argument("--no-clip", action="store_true", help="let windows cross into neighbouring segments")
     ap.set_defaults(func=cmd_analyze)
 
+    p = sub.add_parser("tools", help="the agent's tools: `tools check` reports the Python sandbox and self-tests it")
+    tools_sub = p.add_subparsers(dest="tools_command", required=True)
+    tp = tools_sub.add_parser("check", help="sandbox mode, limits and a containment self-test (exit 1 on failure)")
+    tp.add_argument("config", nargs="?", help="a train/eval YAML whose tools.python section to check")
+    tp.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. tools.python.sandbox=rlimit")
+    tp.add_argument("--json", action="store_true")
+    tp.add_argument("--no-self-test", action="store_true", help="only build the sandbox and print its limits")
+    tp.set_defaults(func=cmd_tools_check)
+
     p = sub.add_parser("plan", help="per-device memory of an RL config on a mesh (exit 1 if it does not fit)")
     p.add_argument("config", help="RL YAML config (see configs/README.md)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.mesh=[1,4,1]")
@@ -262,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(with_benches=bool(argv) and argv[0] == "bench").parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, SandboxUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

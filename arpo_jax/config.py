@@ -147,13 +147,14 @@ def _build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     return obj
 
 
-def from_dict(cls: type[T], values: dict[str, Any]) -> T:
-    """Builds dataclass ``cls`` from a nested dict, checking keys and types."""
-    return _build(cls, values or {})
+def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+    """Builds dataclass ``cls`` from a nested dict, checking keys and types (``prefix`` names
+    where in a larger config the dict sits, for error messages: e.g. "tools.python.")."""
+    return _build(cls, values or {}, prefix)
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
-    """Reads YAML ``path`` (optional), applies dotted overrides, returns a checked ``cls``."""
+def load_values(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The nested dict of YAML ``path`` (optional) with dotted overrides applied, unchecked."""
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -166,8 +167,12 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(path)!r} must contain a mapping at top level")
         values = loaded
-    values = _merge(values, parse_overrides(list(overrides)))
-    return from_dict(cls, values)
+    return _merge(values, parse_overrides(list(overrides)))
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Reads YAML ``path`` (optional), applies dotted overrides, returns a checked ``cls``."""
+    return from_dict(cls, load_values(path, overrides))
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -146,6 +146,7 @@ def load_eval_sets(data: EvalDataConfig) -> dict[str, list[Example]]:
 def build_dispatcher(tools: ToolsConfig):
     """A ``ToolDispatcher`` with the protocol's tools; search only when it has a corpus."""
     from arpo_jax.tools import ToolDispatcher
+    from arpo_jax.tools.check import check_dispatcher
 
     names = tools.protocol.tools
     s = tools.search
@@ -154,9 +155,15 @@ def build_dispatcher(tools: ToolsConfig):
     if "search" in names and not search_ready:
         print(f"note: the search tool is off (tools.search.backend={s.backend} has no cache_path/corpus_path); "
               "<search> calls are answered as unavailable", file=sys.stderr)
-    return ToolDispatcher.from_configs(python=tools.python if "python" in names else None,
-                                       search=s if "search" in names and search_ready else None,
-                                       config=tools.dispatcher, protocol=tools.protocol)
+    dispatcher = ToolDispatcher.from_configs(python=tools.python if "python" in names else None,
+                                             search=s if "search" in names and search_ready else None,
+                                             config=tools.dispatcher, protocol=tools.protocol)
+    try:
+        check_dispatcher(dispatcher)  # refuses a sandbox that does not hold, before any model code runs
+    except BaseException:
+        dispatcher.close()
+        raise
+    return dispatcher
 
 
 def load_model(model_cfg: SFTModelConfig):

@@ -7,7 +7,7 @@ This package does not import JAX. The rollout engine uses:
 * ``Observation.text``: the formatted result (release: ``" <result>\\n{text}\\n</result>"``);
 * ``stop_sequences(protocol)``: the closing tags at which decoding stops.
 
-Tools: ``PythonTool`` (bubblewrap sandbox, or a loudly reported rlimit fallback) and
+Tools: ``PythonTool`` (bubblewrap sandbox, or an explicitly chosen weaker fallback) and
 ``SearchTool`` (cache replay, local BM25 corpus, or a Search-R1-style HTTP server).
 """
 
@@ -23,7 +23,7 @@ from .protocol import (
     stop_sequences,
 )
 from .python_tool import PythonTool, clean_code, truncate
-from .sandbox import Sandbox, SandboxResult, choose_mode
+from .sandbox import Sandbox, SandboxResult, SandboxUnavailable, choose_mode
 from .search import Bm25Index, CacheBackend, CorpusBackend, SearchTool, format_pages, split_pages
 from .search_http import HttpBackend, RetrievalClient, SearchUnavailable
 
@@ -41,6 +41,7 @@ __all__ = [
     "RetrievalClient",
     "Sandbox",
     "SandboxResult",
+    "SandboxUnavailable",
     "SearchConfig",
     "SearchTool",
     "SearchUnavailable",

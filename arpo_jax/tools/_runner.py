@@ -3,10 +3,12 @@
 Executed as ``python -IS -c <this source> <settings>`` (settings: a Python dict literal)
 with ``<length>\n<code>`` on stdin; stdin then stays open as a lifeline (EOF: the host died,
 so everything is killed). Never imported by arpo_jax; standard library only, and few modules
-of it, since interpreter start-up is most of a call's cost. In order: read the code, drop to
-the per-call uid when started as root (so RLIMIT_NPROC binds), set resource limits, add the
-interpreter's site-packages, install the fallback's audit hook if asked, then run the code
-as ``python -c`` would, printing a trailing bare expression.
+of it, since interpreter start-up is most of a call's cost. In order: read the code, leave
+the host's network (fallback, as root), drop to the per-call uid when started as root (no
+capability survives; RLIMIT_NPROC binds), set resource limits, confine the process with
+Landlock (fallback), add the interpreter's site-packages, then run the code as ``python -c``
+would, printing a trailing bare expression. A confinement step that fails exits before model
+code runs (71 Landlock, 72 namespaces, 73 no_new_privs).
 """
 
 import _ast
@@ -14,9 +16,6 @@ import _thread
 import os
 import resource
 import sys
-
-
-_DYING = []  # non-empty once the host is gone
 
 
 def _setlimit(res, soft, hard=None):
@@ -36,71 +35,52 @@ def _libc():
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _under(path, roots):
-    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+# Landlock (Linux >= 5.13): kernel-enforced, unprivileged, inherited by every child; it holds
+# whatever the code does (dir_fd opens, exec, symlinks), unlike a Python audit hook.
+_LL_FS_RO = 1 | 4 | 8  # EXECUTE | READ_FILE | READ_DIR
+_LL_FS_FILE = 1 | 2 | 4 | (1 << 14) | (1 << 15)  # rights a rule on a regular file may carry
+_LL_FS_BITS = {1: 13, 2: 14, 3: 15, 4: 15, 5: 16}  # ABI -> number of filesystem access bits
 
 
-def _only_read_search():
-    """Leaves CAP_DAC_READ_SEARCH as the only capability (fallback under root, when the
-    interpreter lives in a root-only directory); reads stay guarded by the audit hook."""
+def _landlock(cfg):
+    """Restricts this process and its children: reads under ``read_roots``, writes only under
+    ``write_roots``, no TCP (ABI 4), no abstract Unix sockets or signals outside (ABI 6)."""
     import ctypes
 
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    libc = _libc()
+    abi = libc.syscall(444, None, 0, 1)  # landlock_create_ruleset(NULL, 0, VERSION)
+    if abi < 1:
+        os._exit(71)  # asked for Landlock and it is not there: never run the code unconfined
+    fs_all = (1 << _LL_FS_BITS.get(abi, 16)) - 1
 
-    class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                    ("inheritable", ctypes.c_uint32)]
+    class Attr(ctypes.Structure):
+        _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
 
-    header, data = Header(0x20080522, 0), (Data * 2)()
-    data[0].effective = data[0].permitted = 1 << 2  # CAP_DAC_READ_SEARCH
-    if _libc().capset(ctypes.byref(header), ctypes.byref(data)) != 0:
-        os._exit(70)  # never run model code with leftover capabilities
+    class Beneath(ctypes.Structure):
+        _pack_ = 1
+        _fields_ = [("allowed", ctypes.c_uint64), ("fd", ctypes.c_int32)]
 
-
-def _audit_hook(cfg):
-    """Best-effort guard for the fallback (no namespaces): files, network, exec, signals."""
-    read_roots = list(cfg["read_roots"])
-    write_roots = list(cfg["write_roots"])
-    denied = ("/etc/shadow", "/etc/gshadow", "/etc/sudoers")
-    host_pid = cfg.get("host_pid", -1)
-    blocked = {
-        "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
-        "os.forkpty", "pty.spawn", "ctypes.dlopen", "ctypes.dlsym", "os.chroot",
-        "socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg",
-        "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyaddr",
-        "os.setuid", "os.setreuid", "os.setresuid",
-    }
-    realpath = os.path.realpath
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-
-    def hook(event, args):
-        if event == "open":
-            path, mode, flags = args
-            if isinstance(path, bytes):
-                path = os.fsdecode(path)
-            if not isinstance(path, str):
-                return
-            p = realpath(path)
-            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                isinstance(flags, int) and flags & write_flags
-            )
-            if _under(p, denied) or not _under(p, write_roots if writing else read_roots):
-                raise PermissionError(13, "Permission denied (sandbox)", path)
-        elif event in ("os.listdir", "os.scandir") and isinstance(args[0], (str, bytes)):
-            p = realpath(os.fsdecode(args[0]))
-            if _under(p, denied) or not _under(p, read_roots):
-                raise PermissionError(13, "Permission denied (sandbox)", args[0])
-        elif event in blocked:
-            raise PermissionError(1, f"{event} is not allowed in the sandbox")
-        elif event in ("os.kill", "os.killpg", "signal.pthread_kill"):
-            pid = args[0]
-            if pid == -1 and _DYING:
-                return
-            if isinstance(pid, int) and (pid <= 1 or pid == host_pid):
-                raise PermissionError(1, "signalling processes outside the sandbox is not allowed")
-
-    return hook
+    attr = Attr(fs_all, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)
+    size = 8 if abi < 4 else 16 if abi < 6 else 24
+    ruleset = libc.syscall(444, ctypes.byref(attr), ctypes.c_size_t(size), 0)
+    if ruleset < 0:
+        os._exit(71)
+    rules = [(p, _LL_FS_RO) for p in cfg["read_roots"]] + [(p, fs_all) for p in cfg["write_roots"]]
+    for path, rights in rules:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue
+        if not os.path.isdir(path):
+            rights &= _LL_FS_FILE
+        rule = Beneath(rights & fs_all, fd)
+        ok = libc.syscall(445, ruleset, 1, ctypes.byref(rule), 0)
+        os.close(fd)
+        if ok != 0:
+            os._exit(71)
+    if libc.syscall(446, ruleset, 0) != 0:
+        os._exit(71)
+    os.close(ruleset)
 
 
 def _lifeline(fd, kill_all, cleanup_dir):
@@ -111,7 +91,6 @@ def _lifeline(fd, kill_all, cleanup_dir):
     except OSError:
         pass
     if kill_all:  # our per-call uid: every process of it is ours
-        _DYING.append(True)  # lets the audit hook pass this one kill(-1)
         try:
             resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no new forks from here on
             os.kill(-1, 9)
@@ -132,40 +111,30 @@ def _prepare(cfg):
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    if cfg.get("unshare_net") and os.getuid() == 0:
-        try:
-            _libc().unshare(0x40000000 | 0x08000000 | 0x04000000)  # NEWNET | NEWIPC | NEWUTS
-        except Exception:
-            pass
+    if cfg.get("unshare_net") and _libc().unshare(0x40000000 | 0x08000000 | 0x04000000) != 0:
+        os._exit(72)  # NEWNET | NEWIPC | NEWUTS asked for and refused: never run the code on the host's network
     uid = cfg.get("uid")
-    if uid is not None and os.getuid() == 0:
-        keep = cfg.get("keep_read_search")
-        if keep:
-            _libc().prctl(8, 1, 0, 0, 0)  # PR_SET_KEEPCAPS: keep permitted caps across setuid
+    if uid is not None and os.getuid() == 0:  # no capability survives this
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-        if keep:
-            _only_read_search()
     if cfg.get("no_new_privs"):
-        try:
-            _libc().prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-        except Exception:
-            pass
+        if _libc().prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+            os._exit(73)
     _setlimit(resource.RLIMIT_CORE, 0)
     _setlimit(resource.RLIMIT_CPU, cfg["cpu_seconds"], cfg["cpu_seconds"] + 1)
     _setlimit(resource.RLIMIT_AS, cfg["memory_bytes"])
     _setlimit(resource.RLIMIT_FSIZE, cfg["max_file_bytes"])
     _setlimit(resource.RLIMIT_NOFILE, cfg["max_open_files"])
     _setlimit(resource.RLIMIT_NPROC, cfg["max_processes"])
+    if cfg.get("landlock"):
+        _landlock(cfg)
     if cfg.get("lifeline"):
         _thread.start_new_thread(_lifeline, (life, uid is not None, cfg.get("cleanup_dir")))
     else:
         os.close(life)
     if cfg.get("site_dirs") is not None:
         _add_site_dirs(cfg["site_dirs"])
-    if cfg.get("audit"):
-        sys.addaudithook(_audit_hook(cfg))
     return code
 
 

@@ -35,15 +35,22 @@ class PythonToolConfig:
     Attributes:
         python_executable: interpreter that runs model code ("" = the host's own); its
             installed packages (numpy, sympy, ...) are what the code can import.
-        sandbox: "auto" (bubblewrap when it works, else the rlimit fallback, loudly),
-            "bwrap" (required; error if unusable) or "rlimit" (fallback only).
+        sandbox: "bwrap" (bubblewrap; the default, and required: the tool refuses to start
+            when bubblewrap cannot run here, saying why) or "rlimit" (the weaker fallback,
+            chosen explicitly: no mount namespace; Landlock, a per-call uid under root and
+            resource limits; see docs/sandbox.md for what it does not stop).
         timeout_s: wall-clock deadline per call; the whole process tree is killed after it.
         cpu_seconds: RLIMIT_CPU; 0 means ceil(timeout_s) + 1.
-        memory_bytes: RLIMIT_AS of the interpreter (address space).
+        memory_bytes: memory of the whole call, all its processes together (a cgroup where
+            the host allows one, else ``fallback_processes`` × address space per process).
+        memory_cap: how ``memory_bytes`` is enforced: "auto" (a per-call cgroup when the host
+            can create one, else the process-count cap), "cgroup" (required) or "processes".
+        fallback_processes: without a cgroup, the call's process (and thread) limit; each
+            process then gets ``memory_bytes / fallback_processes`` of address space.
         max_file_bytes: RLIMIT_FSIZE (largest file the code may write).
         tmp_bytes: size of the private writable /tmp.
         max_open_files: RLIMIT_NOFILE.
-        max_processes: processes (and threads) the call may have at once.
+        max_processes: processes (and threads) the call may have at once (with a cgroup).
         max_output_chars: stdout+stderr kept in the observation (head and tail kept).
         output_kill_bytes: the process is killed once it has printed this much.
         print_last_expression: print a trailing bare expression, as the release does.
@@ -57,10 +64,12 @@ class PythonToolConfig:
     """
 
     python_executable: str = ""
-    sandbox: str = "auto"
+    sandbox: str = "bwrap"
     timeout_s: float = 30.0
     cpu_seconds: int = 0
     memory_bytes: int = 2 << 30
+    memory_cap: str = "auto"
+    fallback_processes: int = 4
     max_file_bytes: int = 64 << 20
     tmp_bytes: int = 64 << 20
     max_open_files: int = 256
@@ -78,8 +87,13 @@ class PythonToolConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.sandbox not in ("auto", "bwrap", "rlimit"):
-            raise ValueError(f"PythonToolConfig.sandbox must be auto, bwrap or rlimit, not {self.sandbox!r}")
+        if self.sandbox not in ("bwrap", "rlimit"):
+            raise ValueError(f"tools.python.sandbox must be bwrap or rlimit (the explicit weaker fallback), "
+                             f"not {self.sandbox!r}")
+        if self.memory_cap not in ("auto", "cgroup", "processes"):
+            raise ValueError(f"tools.python.memory_cap must be auto, cgroup or processes, not {self.memory_cap!r}")
+        if self.fallback_processes < 1 or self.max_processes < 1:
+            raise ValueError("tools.python.fallback_processes and max_processes must be at least 1")
         if self.timeout_s <= 0:
             raise ValueError(f"PythonToolConfig.timeout_s must be positive, got {self.timeout_s}")
 

@@ -50,6 +50,9 @@ def _exit_note(r: SandboxResult, timeout_s: float, cfg: PythonToolConfig) -> str
         return f"Error: the code printed more than {cfg.output_kill_bytes} bytes; the process was killed."
     if r.killed == "tmp":
         return f"Error: the code wrote more than {cfg.tmp_bytes} bytes to disk; the process was killed."
+    if r.killed == "memory":
+        return (f"Error: the code used more than {cfg.memory_bytes} bytes of memory (all its processes together); "
+                f"it was killed.")
     rc = r.returncode
     if rc is None or rc in (0, 1):
         return None
@@ -103,7 +106,8 @@ class PythonTool:
         out = truncate(out.rstrip("\n"), cfg.max_output_chars)
         note = _exit_note(r, timeout_s, cfg)
         meta = {"mode": r.mode, "returncode": r.returncode, "killed": r.killed, "wall_s": r.wall_s,
-                "token": r.token, "uid": r.uid, "output_bytes": r.stdout_bytes + r.stderr_bytes}
+                "token": r.token, "uid": r.uid, "output_bytes": r.stdout_bytes + r.stderr_bytes,
+                "memory_peak": r.memory_peak}
         if r.killed == "timeout":
             status = "timeout"
         elif note is not None or r.returncode != 0:

@@ -1,15 +1,19 @@
-"""Process sandbox for model-written Python: bubblewrap, or a loudly reported rlimit fallback.
+"""Process sandbox for model-written Python: bubblewrap, or an explicitly chosen weaker fallback.
 
-Each call is a fresh interpreter process. With bubblewrap (``bwrap``) it gets new PID, IPC,
-UTS, network and cgroup namespaces, a read-only view of the system and of the interpreter's
-own prefixes only (not the repository, not /root, not /etc/shadow) and a private size-capped
-/tmp; the interpreter is the namespace's pid 1, so when it ends the kernel kills everything
-it started. Without bwrap, the fallback runs the interpreter directly with resource limits,
-a private temporary directory and a Python audit hook: weaker, so it is announced with a
-warning. In both modes a process started as root switches to a per-call unprivileged uid
-before running model code, so that the process-count limit binds (root ignores
-RLIMIT_NPROC); a wall-clock deadline kills the whole process tree, and the sandbox kills
-itself when its host dies (its stdin, kept open by the host, reaches EOF).
+Each call is a fresh interpreter process. With bubblewrap (``bwrap``, the default) it gets
+new PID, IPC, UTS, network and cgroup namespaces, a read-only view of the system and of the
+interpreter's own prefixes only (not the repository, not /root, not /etc/shadow) and a
+private size-capped /tmp; the interpreter is the namespace's pid 1, so when it ends the
+kernel kills everything it started. When bubblewrap cannot run, the tool refuses to start
+(``SandboxUnavailable``, one line saying why and how to fix it) unless the user chose the
+"rlimit" fallback: the interpreter runs without a mount namespace, confined by Landlock
+(reads under the system and interpreter directories, writes only in a private per-call
+directory, no TCP), a new network namespace when root, and resource limits; what it does not
+stop is listed in docs/sandbox.md. In both modes a process started as root switches to a
+per-call unprivileged uid before running model code (no capability survives), one cgroup per
+call (``cgroups``) caps the memory and processes of the whole call, a wall-clock deadline
+kills the whole process tree, and the sandbox kills itself when its host dies (its stdin,
+kept open by the host, reaches EOF).
 """
 
 from __future__ import annotations
@@ -32,12 +36,26 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import cgroups
 from .config import PythonToolConfig
+from .fallback import disk_too_big, landlock_abi, rlimit_problem
 from .procs import UidPool, count_user_processes, find_pids, has_token, kill_pids, pump
+from .interpreter_info import interpreter, interpreter_prefixes, site_dirs
 
 log = logging.getLogger("arpo_jax.tools")
 RUNNER_SOURCE = (Path(__file__).parent / "_runner.py").read_text()
 _ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "alternatives", "mime.types")
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random")
+BWRAP_FIX = ("install bubblewrap (apt-get install bubblewrap) and allow unprivileged user namespaces "
+             "(sysctl kernel.unprivileged_userns_clone=1 and kernel.apparmor_restrict_unprivileged_userns=0) "
+             "or run as root; or choose the weaker fallback explicitly with tools.python.sandbox=rlimit")
+_RUNNER_EXITS = {71: "Landlock could not confine the process", 72: "the kernel refused a new network namespace",
+                 73: "no_new_privs could not be set", cgroups.JOIN_FAILED: "the call could not join its cgroup"}
+
+
+class SandboxUnavailable(RuntimeError):
+    """The requested sandbox cannot run here; the message says why and how to fix it."""
 _warned: set[str] = set()
 _lock = threading.Lock()
 
@@ -49,44 +67,14 @@ class SandboxResult:
     stdout: str
     stderr: str
     returncode: int | None
-    killed: str | None  # "timeout", "output", "tmp" or None
+    killed: str | None  # "timeout", "output", "tmp", "memory" or None
     stdout_bytes: int
     stderr_bytes: int
     wall_s: float
     mode: str
     token: str
     uid: int | None
-
-
-def interpreter(cfg: PythonToolConfig) -> str:
-    """Absolute path of the interpreter that runs model code."""
-    exe = cfg.python_executable or sys.executable
-    found = shutil.which(exe) if os.sep not in exe else exe
-    if not found or not os.path.exists(found):
-        raise FileNotFoundError(f"python_executable {exe!r} not found")
-    return os.path.abspath(found)
-
-
-@functools.lru_cache(maxsize=16)
-def _interpreter_info(exe: str) -> dict:
-    probe = ("import sys, json, site; print(json.dumps({'prefixes': [sys.prefix, sys.base_prefix, sys.exec_prefix,"
-             " sys.base_exec_prefix], 'site': site.getsitepackages()}))")
-    out = subprocess.run([exe, "-I", "-c", probe], capture_output=True, text=True, timeout=60, check=True)
-    return json.loads(out.stdout)
-
-
-def interpreter_prefixes(exe: str) -> tuple[str, ...]:
-    """Directories the interpreter needs (its prefixes), asked of the interpreter itself."""
-    dirs = {os.path.dirname(os.path.dirname(exe))}
-    for p in _interpreter_info(exe)["prefixes"]:
-        dirs.update({p, os.path.realpath(p)})
-    dirs.add(os.path.dirname(os.path.dirname(os.path.realpath(exe))))
-    return tuple(sorted(d for d in dirs if d and d != "/" and os.path.isdir(d)))
-
-
-def site_dirs(exe: str) -> list[str]:
-    """The interpreter's site-packages directories (added by the runner under ``-S``)."""
-    return [d for d in _interpreter_info(exe)["site"] if os.path.isdir(d)]
+    memory_peak: int | None = None
 
 
 def _covered(path: str, roots: list[str]) -> bool:
@@ -94,7 +82,11 @@ def _covered(path: str, roots: list[str]) -> bool:
 
 
 def bwrap_args(cfg: PythonToolConfig, exe: str) -> list[str]:
-    """The bubblewrap command line up to (not including) the interpreter."""
+    """The bubblewrap command line up to (not including) the interpreter.
+
+    The private /tmp is mounted before the interpreter's directories are bound, so an
+    interpreter that lives under /tmp (a clone or virtual environment there) stays visible.
+    """
     args = [shutil.which("bwrap") or "bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc",
             "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--as-pid-1",
             "--hostname", "sandbox"]
@@ -113,8 +105,9 @@ def bwrap_args(cfg: PythonToolConfig, exe: str) -> list[str]:
     for name in _ETC_FILES:
         if os.path.exists("/etc/" + name):
             args += ["--ro-bind", "/etc/" + name, "/etc/" + name]
+    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(cfg.tmp_bytes), "--tmpfs", "/tmp"]
     bound = ["/usr", "/etc"]
-    made: list[str] = []
+    made = ["/tmp", "/proc", "/dev"]  # mount points already there: never re-created (would reset /tmp's mode)
     for d in sorted(set(interpreter_prefixes(exe)) | {os.path.abspath(p) for p in cfg.extra_ro_binds}):
         if _covered(d, bound) or not os.path.exists(d):
             continue
@@ -126,27 +119,22 @@ def bwrap_args(cfg: PythonToolConfig, exe: str) -> list[str]:
                 made.append(anc)
         args += ["--ro-bind", d, d]
         bound.append(d)
-    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(cfg.tmp_bytes),
-             "--tmpfs", "/tmp", "--chdir", "/tmp"]
-    return args
+    return [*args, "--chdir", "/tmp"]
 
 
-@functools.lru_cache(maxsize=16)
-def _probe_bwrap(args: tuple[str, ...], exe: str) -> str | None:
-    """None when bwrap runs the interpreter here, else why not."""
+def choose_mode(cfg: PythonToolConfig) -> str:
+    """Checks that ``cfg.sandbox`` can run here; raises ``SandboxUnavailable`` (why, and the fix) if not."""
+    exe = interpreter(cfg)
+    if cfg.sandbox == "rlimit":
+        why = rlimit_problem(cfg, exe)
+        if why:
+            raise SandboxUnavailable(f"python tool: sandbox=rlimit cannot run here: {why}")
+        _loud("rlimit", "python tool: sandbox=rlimit chosen: the weaker fallback (no mount namespace; "
+                        "see docs/sandbox.md for what it does not stop)")
+        return "rlimit"
     if not shutil.which("bwrap"):
-        return "bwrap is not installed (apt-get install bubblewrap)"
-    code = "import os; print('ok', os.getuid())"
-    settings = repr({"cpu_seconds": 30, "memory_bytes": 2 << 30, "max_file_bytes": 1 << 20,
-                     "max_open_files": 64, "max_processes": 64, "uid": 65534 if os.geteuid() == 0 else None})
-    try:
-        out = subprocess.run([*args, exe, "-I", "-c", RUNNER_SOURCE, settings], input=_frame(code),
-                             capture_output=True, timeout=60, start_new_session=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"bwrap failed to start: {exc}"
-    if out.returncode != 0 or not out.stdout.startswith(b"ok"):
-        return f"bwrap does not work here: {out.stderr.decode(errors='replace').strip()[:300]}"
-    return None
+        raise SandboxUnavailable(f"python tool: bubblewrap is not installed; {BWRAP_FIX}")
+    return "bwrap"
 
 
 def _loud(key: str, message: str) -> None:
@@ -158,23 +146,12 @@ def _loud(key: str, message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def choose_mode(cfg: PythonToolConfig) -> str:
-    """Resolves ``cfg.sandbox`` to "bwrap" or "rlimit"; the fallback is reported loudly."""
-    exe = interpreter(cfg)
-    if cfg.sandbox == "rlimit":
-        _loud("rlimit-forced", "python tool: sandbox='rlimit' (no namespaces): weaker isolation than bubblewrap")
-        return "rlimit"
-    why = _probe_bwrap(tuple(bwrap_args(cfg, exe)), exe)
-    if why is None:
-        return "bwrap"
-    if cfg.sandbox == "bwrap":
-        raise RuntimeError(f"python tool: sandbox='bwrap' requested but {why}")
-    _loud("rlimit-auto", f"python tool: FALLING BACK to the rlimit sandbox (weaker isolation): {why}")
-    return "rlimit"
-
-
 class Sandbox:
-    """Runs code strings in fresh sandboxed interpreters; thread-safe."""
+    """Runs code strings in fresh sandboxed interpreters; thread-safe.
+
+    Construction checks the chosen mode with one real call and raises ``SandboxUnavailable``
+    when it does not work: the tool never runs model code in a weaker sandbox than asked for.
+    """
 
     def __init__(self, cfg: PythonToolConfig, mode: str | None = None):
         self.cfg = cfg
@@ -182,30 +159,43 @@ class Sandbox:
         self.mode = mode or choose_mode(cfg)
         self.is_root = os.geteuid() == 0
         self.uids = UidPool(cfg.sandbox_uid_base, cfg.sandbox_uid_count) if self.is_root else None
+        self.memory = cgroups.plan_memory(cfg.memory_bytes, cfg.max_processes, cfg.fallback_processes,
+                                          cfg.memory_cap)
+        self.landlock = landlock_abi() if self.mode == "rlimit" else 0
         self._bwrap = bwrap_args(cfg, self.exe) if self.mode == "bwrap" else None
         self._prefixes = interpreter_prefixes(self.exe)
+        self._self_test()
+
+    def _self_test(self) -> None:
+        r = self.run("import os, sys; print('ok', os.getuid(), sys.version_info[0])", timeout_s=60)
+        if r.returncode == 0 and r.stdout.startswith("ok"):
+            return
+        why = _RUNNER_EXITS.get(r.returncode or 0) or r.stderr.strip().splitlines()[-1:] or [f"exit {r.returncode}"]
+        why = why if isinstance(why, str) else why[0][:300]
+        fix = BWRAP_FIX if self.mode == "bwrap" else "see docs/sandbox.md"
+        raise SandboxUnavailable(f"python tool: the {self.mode} sandbox does not work here ({why}); {fix}")
 
     def describe(self) -> str:
         """One line saying how code is isolated."""
         who = "per-call unprivileged uid" if self.is_root else f"uid {os.geteuid()}"
-        return f"{self.mode} sandbox, {who}, interpreter {self.exe}"
+        extra = f", landlock ABI {self.landlock or 'unavailable'}" if self.mode == "rlimit" else ""
+        return f"{self.mode} sandbox, {who}{extra}, memory cap {self.memory.kind}, interpreter {self.exe}"
 
     def _settings(self, uid: int | None, tmp: str, timeout_s: float) -> dict:
-        cfg = self.cfg
+        cfg, mem = self.cfg, self.memory
         cpu = cfg.cpu_seconds or int(math.ceil(timeout_s)) + 1
-        nproc = cfg.max_processes
+        nproc = mem.max_processes
         if uid is None and self.mode == "rlimit":  # shared uid: the limit counts all its processes
             nproc += count_user_processes(os.geteuid())
-        settings = {"cpu_seconds": cpu, "memory_bytes": cfg.memory_bytes, "max_file_bytes": cfg.max_file_bytes,
+        settings = {"cpu_seconds": cpu, "memory_bytes": mem.process_bytes, "max_file_bytes": cfg.max_file_bytes,
                     "max_open_files": cfg.max_open_files, "max_processes": nproc, "uid": uid,
                     "print_last": cfg.print_last_expression,
                     "site_dirs": site_dirs(self.exe) if cfg.fast_startup else None, "lifeline": True}
         if self.mode == "rlimit":
-            reads = ["/usr", "/bin", "/lib", "/lib64", "/sbin", "/etc", "/proc", "/dev", "/sys", tmp,
-                     *self._prefixes, *cfg.extra_ro_binds]
-            settings.update(audit=True, no_new_privs=True, unshare_net=True, keep_read_search=uid is not None,
-                            read_roots=reads, write_roots=[tmp, "/dev/null"], host_pid=os.getpid(),
-                            cleanup_dir=tmp)
+            etc = ["/etc/" + n for n in _ETC_FILES]
+            reads = [*_SYSTEM_DIRS, *etc, *_DEVICES, *self._prefixes, *site_dirs(self.exe), *cfg.extra_ro_binds]
+            settings.update(no_new_privs=True, unshare_net=self.is_root, landlock=self.landlock > 0,
+                            read_roots=reads, write_roots=[tmp, "/dev/null"], cleanup_dir=tmp)
         return settings
 
     def run(self, code: str, timeout_s: float | None = None) -> SandboxResult:
@@ -215,6 +205,7 @@ class Sandbox:
         token = uuid.uuid4().hex
         uid, slot = self.uids.acquire() if self.uids else (None, None)
         tmp = "/tmp" if self.mode == "bwrap" else tempfile.mkdtemp(prefix="arpo_sbx_")
+        group = None
         try:
             if self.mode == "rlimit" and uid is not None:
                 os.chown(tmp, uid, uid)
@@ -228,19 +219,26 @@ class Sandbox:
             argv = [self.exe, flags, "-c", RUNNER_SOURCE, settings]
             if self._bwrap:
                 argv = [*self._bwrap, *argv]
-            return self._launch(argv, env, tmp, code, timeout_s, token, uid)
+            if self.memory.kind.startswith("cgroup"):
+                group = cgroups.CallCgroup(self.memory, token)
+                argv = group.wrap(argv)
+            return self._launch(argv, env, tmp, code, timeout_s, token, uid, group)
         finally:
+            if group is not None:
+                group.kill()
+                group.remove()
             if tmp != "/tmp":
                 shutil.rmtree(tmp, ignore_errors=True)
             if slot is not None:
                 self.uids.release(slot)
 
-    def _launch(self, argv, env, tmp, code, timeout_s, token, uid) -> SandboxResult:
+    def _launch(self, argv, env, tmp, code, timeout_s, token, uid, group) -> SandboxResult:
         t0 = time.monotonic()
         info_r = info_w = None
         if self._bwrap:  # bwrap reports its namespace's init pid on this pipe
             info_r, info_w = os.pipe()
-            argv = [argv[0], "--info-fd", str(info_w), *argv[1:]]
+            i = argv.index(self._bwrap[0])
+            argv = [*argv[: i + 1], "--info-fd", str(info_w), *argv[i + 1:]]
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env=env, cwd=tmp if self.mode == "rlimit" else "/",
@@ -253,16 +251,24 @@ class Sandbox:
                 os.close(info_w)
         watch = None
         if self.mode == "rlimit":
-            watch = functools.partial(_dir_too_big, tmp, self.cfg.tmp_bytes)
+            pids = group.pids if group is not None else functools.partial(find_pids, uid=uid, token=token)
+            watch = functools.partial(disk_too_big, tmp, pids, self.cfg.tmp_bytes)
         try:
             out = pump(proc, _frame(code), t0 + timeout_s,
                        keep=self.cfg.max_output_chars * 4, kill_bytes=self.cfg.output_kill_bytes, watchdog=watch)
         finally:
-            self._cleanup(proc, token, uid, info_r)
-        return SandboxResult(out.stdout, out.stderr, proc.returncode, out.killed, out.stdout_bytes,
-                             out.stderr_bytes, time.monotonic() - t0, self.mode, token, uid)
+            self._cleanup(proc, token, uid, info_r, group)
+        killed = out.killed
+        if group is not None and killed is None and group.oom_killed():
+            killed = "memory"
+        if proc.returncode == cgroups.JOIN_FAILED and group is not None:
+            log.error("python tool: a call could not join its cgroup; it was not run")
+        return SandboxResult(out.stdout, out.stderr, proc.returncode, killed, out.stdout_bytes,
+                             out.stderr_bytes, time.monotonic() - t0, self.mode, token, uid,
+                             group.peak_bytes() if group is not None else None)
 
-    def _cleanup(self, proc: subprocess.Popen, token: str, uid: int | None, info_r: int | None) -> None:
+    def _cleanup(self, proc: subprocess.Popen, token: str, uid: int | None, info_r: int | None,
+                 group: cgroups.CallCgroup | None) -> None:
         """Kills everything the call started and returns once it is all gone."""
         exited = proc.poll() is not None
         pidfd = None
@@ -277,6 +283,8 @@ class Sandbox:
             os.killpg(proc.pid, signal.SIGKILL)
         except OSError:
             pass
+        if group is not None:
+            group.kill()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -293,6 +301,8 @@ class Sandbox:
         if pidfd is not None:
             gone = bool(select.select([pidfd], [], [], 5.0)[0])
             os.close(pidfd)
+        if group is not None:
+            gone = group.kill()
         if not gone:
             kill_pids(lambda: find_pids(uid=uid, token=token))
 
@@ -322,16 +332,3 @@ def _pidfd_if_ours(pid: int, token: str) -> int | None:
         return pidfd
     os.close(pidfd)
     return None
-
-
-def _dir_too_big(path: str, limit: int) -> bool:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(root, f)).st_blocks * 512
-            except OSError:
-                pass
-            if total > limit:
-                return True
-    return False

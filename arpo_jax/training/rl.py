@@ -38,6 +38,7 @@ from arpo_jax.models.sharding import rows_sharding
 from arpo_jax.rollout import RolloutConfig, RolloutEngine, trajectory_record
 from arpo_jax.sampling.config import bucket
 from arpo_jax.tools import ToolDispatcher
+from arpo_jax.tools.check import check_dispatcher
 from arpo_jax.training.checkpoint import Checkpointer, resolve_resume
 from arpo_jax.training.distributed import (allgather_max, global_batch, is_main_process, local_copy, local_mesh,
                                            process_rows, rows_held)
@@ -116,6 +117,7 @@ class RLRunner:
                                  async_save=t.async_checkpoint)
         self.guard = SkipGuard(t.max_consecutive_skips)
         self.dispatcher = make_dispatcher(cfg.tools)
+        self.sandbox = check_dispatcher(self.dispatcher)
         self.dumps = RolloutDumpWriter(self.out_dir, active=None if t.dump_rollouts else False)
 
     # ------------------------------------------------------------------ state
@@ -324,6 +326,7 @@ class RLRunner:
             log.message(f"RL ({cfg.rollout.policy}, advantage {cfg.algorithm.advantage}): {len(self.examples)} "
                         f"prompts, {cfg.data.prompts_per_step} per step{hosts} × M={cfg.rollout.total_rollouts}, "
                         f"{self.total_steps} steps; tools: {', '.join(self.dispatcher.describe())}")
+        log.message(self.sandbox["line"])
         exported: list[str] = []
         status, last = "finished", {}
         try:
@@ -335,6 +338,7 @@ class RLRunner:
                     self.step += 1
                     self.guard.update(bool(metrics["skipped"]))
                     metrics["skipped_total"] = self.guard.total
+                    metrics["tools/python_sandbox_rlimit"] = float(self.sandbox["mode"] == "rlimit")
                     if t.val_every and self.step % t.val_every == 0:
                         metrics.update(self.validate())
                     self.dumps.write(self.step, records)
@@ -347,7 +351,8 @@ class RLRunner:
                         self.save(wait=True)
                         msg = self.guard.message(self.step, self.ckpt.directory)
                         log.message(msg)
-                        _write_status(self.out_dir, {"status": "diverged", "step": self.step, "message": msg})
+                        _write_status(self.out_dir, {"status": "diverged", "step": self.step, "message": msg,
+                                                     "python_sandbox": self.sandbox["mode"]})
                         raise TrainingDiverged(msg)
                     if t.save_every and self.step % t.save_every == 0:
                         self.save()
@@ -372,6 +377,7 @@ class RLRunner:
                 "update/loss", "val/accuracy")
         summary = to_python({"status": status, "step": self.step, "total_steps": self.total_steps,
                              "skipped_total": self.guard.total, "checkpoint_dir": self.ckpt.directory,
+                             "python_sandbox": self.sandbox["mode"],
                              "exported": [e for e in exported if e], **{k: last.get(k) for k in keys if k in last}})
         _write_status(self.out_dir, summary)
         return summary

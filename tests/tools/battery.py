@@ -7,10 +7,13 @@ behind, and leave the tool working for the next call.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from .conftest import REPO, SLACK_S, TIMEOUT_S, leftovers
 
@@ -22,6 +25,7 @@ class Case:
     statuses: tuple[str, ...] = ("error",)
     forbid: tuple[str, ...] = ()  # must not appear in the observation
     expect: tuple[str, ...] = ()  # one of these must appear in the observation
+    rlimit_gap: str = ""  # why the rlimit fallback does not stop this (documented in docs/sandbox.md)
 
 
 VENV = os.path.dirname(os.path.dirname(sys.executable))
@@ -70,13 +74,70 @@ CASES = [
     Case("kill_parent", "import os, signal\nos.kill({host_pid}, signal.SIGKILL)\nprint('se' + 'nt')", forbid=("sent",)),
     Case("kill_everything", "import os, signal\nos.kill(-1, signal.SIGKILL)\nos.killpg(0, signal.SIGKILL)",
          statuses=("error", "ok", "no_output")),
+    # Escapes that bypass anything implemented in Python (the old fallback's audit hook).
+    Case("posix_spawn_below_subprocess", "import os\nr, w = os.pipe()\n"
+         "pid = os.posix_spawn('/bin/cat', ['cat', '/etc/shadow', '{secret}'], {{}}, file_actions=[(os.POSIX_SPAWN_DUP2, w, 1)])\n"
+         "os.close(w)\nos.waitpid(pid, 0)\nprint('LE' + 'AK', os.read(r, 4096))", forbid=("TOPSECRET", "root:"),
+         statuses=("error", "ok")),
+    Case("ctypes_system", "import ctypes\nctypes.CDLL(None).system(b'cat {secret} /etc/shadow > out.txt')\n"
+         "print('LE' + 'AK', open('out.txt').read())", forbid=("TOPSECRET", "root:"), statuses=("error", "ok")),
+    Case("exec_cat", "import os\nos.execv('/bin/cat', ['cat', '{secret}'])", forbid=("TOPSECRET",),
+         statuses=("error", "ok")),
+    Case("dir_fd_open", "import os\nd = os.open('{secretdir}', os.O_RDONLY)\n"
+         "print('LE' + 'AK', os.read(os.open('secret.txt', os.O_RDONLY, dir_fd=d), 100))", forbid=("TOPSECRET",)),
+    Case("dir_fd_open_root", "import os\nd = os.open('/', os.O_RDONLY)\n"
+         "print('LE' + 'AK', os.read(os.open('{secret_rel}', os.O_RDONLY, dir_fd=d), 100))", forbid=("TOPSECRET",)),
+    Case("list_by_fd", "import os\nd = os.open('{secretdir}', os.O_RDONLY)\nprint('LE' + 'AK', os.listdir(d))",
+         forbid=("secret.txt",)),
+    Case("symlink_race", "import os, threading\nstop = []\ndef flip():\n    while not stop:\n"
+         "        for t in ('/usr/lib/os-release', '{secret}'):\n            try:\n                os.remove('l')\n"
+         "            except OSError:\n                pass\n            os.symlink(t, 'l')\n"
+         "threading.Thread(target=flip, daemon=True).start()\nseen = set()\nfor i in range(3000):\n"
+         "    try:\n        seen.add(open('l').read(20))\n    except OSError:\n        pass\nstop.append(1)\n"
+         "print('LE' + 'AK' if any('TOPSECRET' in x for x in seen) else 'held')", forbid=("LEAK", "TOPSECRET"),
+         statuses=("ok",)),
+    Case("host_proc_cmdline", "import os\nprint('LE' + 'AK', open('/proc/{host_pid}/cmdline', 'rb').read())",
+         forbid=("LEAK",)),
+    Case("host_proc_listing", "import os\nfor p in os.listdir('/proc'):\n    if p.isdigit():\n        try:\n"
+         "            print(open('/proc/%s/cmdline' % p, 'rb').read().replace(bytes(1), b' ').decode())\n"
+         "        except OSError:\n            pass", forbid=("{host_cmdline}",), statuses=("ok", "error", "no_output")),
+    Case("write_dev_shm", "open('/dev/shm/SANDBOX_ESCAPE', 'w').write('x')\nprint('WR' + 'OTE')", forbid=("WROTE",)),
+    Case("write_var_tmp", "open('/var/tmp/SANDBOX_ESCAPE', 'w').write('x')\nprint('WR' + 'OTE')", forbid=("WROTE",)),
+    Case("unix_socket_path", rlimit_gap="Landlock does not govern connect() to pathname Unix sockets",
+         code="import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect('{sockpath}')\n"
+         "s.sendall(b'ESCAPED')\nprint('CO' + 'NNECTED')", forbid=("CONNECTED",), statuses=("error", "ok")),
+    Case("unix_socket_abstract", "import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect('\\0{abstract}')\n"
+         "s.sendall(b'ESCAPED')\nprint('CO' + 'NNECTED')", forbid=("CONNECTED",)),
+    Case("unlinked_disk_fill", "import os\nfs = []\nfor i in range(64):\n    f = open('big%d' % i, 'wb')\n"
+         "    os.unlink('big%d' % i)\n    fs.append(f)\n    for j in range(8):\n        f.write(b'x' * (1 << 20))\n"
+         "        f.flush()\nprint('FI' + 'LLED')", forbid=("FILLED",), statuses=("error", "timeout")),
+    Case("forked_memory_bomb", "import os, time\nkids = []\nfor i in range(8):\n    pid = os.fork()\n"
+         "    if pid == 0:\n        try:\n            x = bytearray(1 << 30)\n            x[::4096] = b'y' * len(x[::4096])\n"
+         "            time.sleep(1)\n            os._exit(0)\n        except BaseException:\n            os._exit(3)\n"
+         "    kids.append(pid)\ncodes = [os.waitpid(p, 0)[1] for p in kids]\n"
+         "print('ALL' + 'ALLOCATED' if all(c == 0 for c in codes) else 'stopped')",
+         forbid=("ALLALLOCATED",), statuses=("error", "ok")),
 ]
 
 
-def run_case(tool, case: Case, tmp_path) -> None:
-    """Runs one case and checks containment, the error observation and cleanup."""
+def run_case(tool, case: Case, tmp_path, gap: str = "") -> None:
+    """Runs one case and checks containment, the error observation and cleanup.
+
+    The host's secret, directory and sockets live in a world-traversable directory under /tmp
+    with world-readable (or -writable) modes, so only the sandbox itself keeps them out of reach.
+    """
+    base = Path(tempfile.mkdtemp(prefix="arpo_battery_", dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        _run_case(tool, case, base, gap)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _run_case(tool, case: Case, tmp_path: Path, gap: str) -> None:
     secret = tmp_path / "secret.txt"
     secret.write_text("TOPSECRET")
+    secret.chmod(0o644)
     hostdir = tmp_path / "host"
     hostdir.mkdir(mode=0o777)
     os.chmod(hostdir, 0o777)
@@ -84,10 +145,22 @@ def run_case(tool, case: Case, tmp_path) -> None:
     listener.bind(("127.0.0.1", 0))
     listener.listen(4)
     listener.setblocking(False)
+    sockpath = str(hostdir / "s.sock")
+    abstract = f"arpo-test-{os.getpid()}-{time.monotonic_ns()}"
+    unix = [socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)]
+    unix[0].bind(sockpath)
+    os.chmod(sockpath, 0o777)
+    unix[1].bind("\0" + abstract)
+    for u in unix:
+        u.listen(4)
+        u.setblocking(False)
+    with open("/proc/self/cmdline", "rb") as f:
+        host_cmdline = f.read().replace(bytes(1), b" ").decode().strip()
     code = case.code.format(port=listener.getsockname()[1], repo=REPO, secret=secret, host_pid=os.getpid(),
-                            venv=VENV, hostdir=hostdir)
+                            venv=VENV, hostdir=hostdir, secretdir=tmp_path, secret_rel=str(secret).lstrip("/"),
+                            sockpath=sockpath, abstract=abstract)
     escape_paths = [REPO / "SANDBOX_ESCAPE", "/usr/SANDBOX_ESCAPE", os.path.join(VENV, "SANDBOX_ESCAPE"),
-                    "/SANDBOX_ESCAPE", hostdir / "SANDBOX_ESCAPE"]
+                    "/SANDBOX_ESCAPE", hostdir / "SANDBOX_ESCAPE", "/dev/shm/SANDBOX_ESCAPE", "/var/tmp/SANDBOX_ESCAPE"]
     try:
         t0 = time.monotonic()
         out = tool.run(code)
@@ -95,23 +168,29 @@ def run_case(tool, case: Case, tmp_path) -> None:
         assert elapsed < TIMEOUT_S + SLACK_S, f"{case.name}: took {elapsed:.1f}s"
         assert out.status in case.statuses, f"{case.name}: status {out.status}: {out.content[-500:]}"
         assert len(out.content) < tool.config.max_output_chars + 1000
-        for s in case.forbid:
-            assert s not in out.content, f"{case.name}: {s!r} in {out.content[-500:]}"
-        if case.expect:
-            assert any(s in out.content for s in case.expect), f"{case.name}: {out.content[-500:]}"
-        try:
-            conn, _ = listener.accept()
-            conn.close()
-            raise AssertionError(f"{case.name}: the sandbox reached a host socket")
-        except BlockingIOError:
-            pass
-        for p in escape_paths:
-            assert not os.path.exists(p), f"{case.name}: wrote {p}"
+        escapes = [f"printed {s!r}" for s in (f.format(host_cmdline=host_cmdline) for f in case.forbid)
+                   if s in out.content]
+        for sock in (listener, *unix):
+            try:
+                conn, _ = sock.accept()
+                conn.close()
+                escapes.append(f"reached the host socket {sock.getsockname()!r}")
+            except BlockingIOError:
+                pass
+        escapes += [f"wrote {p}" for p in escape_paths if os.path.exists(p)]
+        if gap:  # a documented limit of this mode: the battery shows that it is real
+            assert escapes, f"{case.name}: documented as not stopped ({gap}) but it was contained"
+        else:
+            assert not escapes, f"{case.name}: {escapes}: {out.content[-500:]}"
+            if case.expect:
+                assert any(s in out.content for s in case.expect), f"{case.name}: {out.content[-500:]}"
         assert leftovers(out.meta) == [], f"{case.name}: processes left behind"
         after = tool.run("print(6 * 7)")
         assert (after.status, after.content) == ("ok", "42"), f"after {case.name}: {after.content}"
     finally:
         listener.close()
+        for u in unix:
+            u.close()
         for p in escape_paths:
             if os.path.exists(p):
                 os.remove(p)

@@ -1,23 +1,26 @@
-"""Python tool behaviour (not hostile): output, errors, limits, configuration, fallback."""
+"""Python tool behaviour (not hostile): output, errors, limits, configuration, failing closed."""
 
 from __future__ import annotations
 
-import warnings
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 
 import pytest
 
 import arpo_jax.tools.sandbox as sandbox_mod
-from arpo_jax.tools import PythonTool, PythonToolConfig, clean_code, truncate
+from arpo_jax.tools import PythonTool, PythonToolConfig, SandboxUnavailable, clean_code, truncate
+from arpo_jax.tools import cgroups
 from arpo_jax.tools.sandbox import choose_mode
 
-from .conftest import leftovers
+from .conftest import leftovers, make_tool, rlimit_python
 
 
 @pytest.fixture(scope="module")
 def tool():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # the fallback warns where bwrap is missing
-        return PythonTool(PythonToolConfig(timeout_s=5.0, max_output_chars=300))
+    return make_tool("bwrap", timeout_s=5.0, max_output_chars=300, memory_bytes=2 << 30)
 
 
 def test_prints_and_trailing_expression(tool):
@@ -78,10 +81,7 @@ def test_exit_codes(tool):
 def test_each_call_is_a_fresh_process(tool):
     tool.run("open('/tmp/state', 'w').write('x')\nimport builtins\nbuiltins.LEAKED = 1")
     out = tool.run("import os, builtins\nprint(os.path.exists('/tmp/state'), hasattr(builtins, 'LEAKED'))")
-    if tool.mode == "bwrap":
-        assert out.content == "False False"
-    else:
-        assert out.content.endswith("False")
+    assert out.content == "False False"
 
 
 def test_per_call_timeout(tool):
@@ -103,17 +103,74 @@ def test_truncate_helper():
     assert t.endswith("END") and "73 characters omitted" in t
 
 
-def test_fallback_is_loud_when_bwrap_is_missing(monkeypatch):
-    sandbox_mod._probe_bwrap.cache_clear()
-    sandbox_mod._warned.clear()
+def test_fails_closed_when_bwrap_is_missing(monkeypatch):
+    """No silent fallback: a missing bubblewrap is a one-line error naming the fix."""
     monkeypatch.setattr(sandbox_mod.shutil, "which", lambda name: None)
+    with pytest.raises(SandboxUnavailable, match="bubblewrap is not installed.*apt-get install bubblewrap") as e:
+        choose_mode(PythonToolConfig())
+    assert "\n" not in str(e.value) and "tools.python.sandbox=rlimit" in str(e.value)
+    with pytest.raises(ValueError, match="tools.python.sandbox must be bwrap or rlimit"):
+        PythonToolConfig(sandbox="auto")
+
+
+def test_fails_closed_when_bwrap_cannot_run(monkeypatch, tmp_path):
+    """A bubblewrap that is installed but broken is caught by the start-up self-test."""
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(SandboxUnavailable, match="bwrap sandbox does not work here.*new namespace"):
+        PythonTool(PythonToolConfig())
+
+
+def test_rlimit_refuses_an_interpreter_the_sandbox_uid_cannot_read(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("the per-call uid exists only when the host is root")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    os.chmod(private, 0o700)
+    exe = private / "python3"
+    exe.symlink_to(sys.executable)
+    with pytest.raises(SandboxUnavailable, match="not readable by the unprivileged sandbox uid"):
+        PythonTool(PythonToolConfig(sandbox="rlimit", python_executable=str(exe)))
+
+
+def test_bwrap_runs_an_interpreter_under_tmp():
+    """The private /tmp is mounted before the interpreter is bound (it used to hide it)."""
+    root = tempfile.mkdtemp(prefix="arpo_venv_", dir="/tmp")
     try:
-        with pytest.warns(RuntimeWarning, match="FALLING BACK"):
-            assert choose_mode(PythonToolConfig()) == "rlimit"
-        with pytest.raises(RuntimeError, match="bwrap is not installed"):
-            choose_mode(PythonToolConfig(sandbox="bwrap"))
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", f"{root}/.venv"], check=True)
+        t = make_tool("bwrap", python_executable=f"{root}/.venv/bin/python")
+        out = t.run("import os, sys\nprint(sys.executable, os.access('/tmp', os.W_OK))")
+        assert (out.status, out.content) == ("ok", f"{root}/.venv/bin/python True"), out.content
     finally:
-        sandbox_mod._probe_bwrap.cache_clear()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("mode,cap", [("bwrap", "auto"), ("rlimit", "auto"), ("bwrap", "processes")])
+def test_memory_cap_is_per_call(mode, cap):
+    """8 children allocating 1 GiB each are stopped at the call's 2 GiB cap, whatever the cap's kind."""
+    t = make_tool(mode, memory_bytes=2 << 30, memory_cap=cap, timeout_s=20.0)
+    code = ("import os, time\nkids = []\nfor i in range(8):\n    try:\n        pid = os.fork()\n    except OSError:\n"
+            "        break\n    if pid == 0:\n        try:\n            x = bytearray(1 << 30)\n"
+            "            x[::4096] = b'y' * len(x[::4096])\n            time.sleep(2)\n            os._exit(0)\n"
+            "        except BaseException:\n            os._exit(3)\n    kids.append(pid)\n"
+            "ok = [os.waitpid(p, 0)[1] == 0 for p in kids]\nprint(sum(ok), 'of 8 children allocated 1 GiB')")
+    out = t.run(code)
+    assert "8 of 8" not in out.content, out.content
+    plan = t.sandbox.memory
+    assert plan.max_processes * plan.process_bytes <= 2 << 30 or plan.kind.startswith("cgroup")
+    if plan.kind.startswith("cgroup"):
+        assert out.meta["memory_peak"] <= 2 << 30
+        assert "memory" in out.content and out.status == "error", out.content
+    assert leftovers(out.meta) == []
+
+
+def test_memory_plan_arithmetic():
+    plan = cgroups.plan_memory(2 << 30, 32, 4, "processes")
+    assert (plan.kind, plan.max_processes, plan.process_bytes) == ("processes", 4, 512 << 20)
+    assert "4 processes" in plan.describe()
 
 
 _HOST = """
@@ -122,7 +179,7 @@ warnings.simplefilter("ignore")
 import arpo_jax.tools.sandbox as S
 from arpo_jax.tools import PythonTool, PythonToolConfig
 S.uuid = types.SimpleNamespace(uuid4=lambda: types.SimpleNamespace(hex=sys.argv[2]))
-tool = PythonTool(PythonToolConfig(sandbox=sys.argv[1], timeout_s=600))
+tool = PythonTool(PythonToolConfig(sandbox=sys.argv[1], timeout_s=600, python_executable=sys.argv[4]))
 print("started", flush=True)
 tool.run(sys.argv[3])
 """
@@ -149,7 +206,8 @@ def test_sandbox_dies_with_its_host(mode):
     if os.geteuid() == 0:  # per-call uid: detached children are covered too
         code, expected = "import os, time\nif os.fork() == 0:\n    os.setsid()\ntime.sleep(600)", 2
     expected += mode == "bwrap"  # bwrap's own process
-    host = subprocess.Popen([sys.executable, "-c", _HOST, mode, token, code], stdout=subprocess.PIPE,
+    exe = rlimit_python() if mode == "rlimit" else sys.executable
+    host = subprocess.Popen([sys.executable, "-c", _HOST, mode, token, code, exe], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, cwd=REPO)
     try:
         assert host.stdout.readline().strip() == b"started"
