@@ -66,6 +66,8 @@ class SampleResult:
         response_tokens: response length (model and tool tokens); model_tokens: mask-1 tokens.
         tool_calls: ``{"tool", "ok", "status"}`` per call, in order.
         finish_reason: why generation stopped (eos, length, tool_limit, ...).
+        gold_flags: how the question's references were scored (``scoring.gold_flags``), e.g.
+            ``raw_form`` for a reference such as ``"A"`` that normalises to nothing.
     """
 
     eval_set: str
@@ -84,11 +86,13 @@ class SampleResult:
     model_tokens: int = 0
     tool_calls: tuple[dict[str, Any], ...] = ()
     finish_reason: str = ""
+    gold_flags: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""
         d = dataclasses.asdict(self)
         d["tool_calls"] = [dict(c) for c in self.tool_calls]
+        d["gold_flags"] = list(self.gold_flags)
         return d
 
 
@@ -129,7 +133,8 @@ def aggregate(samples: Sequence[SampleResult], ks: Sequence[int] | None = None) 
 
     pass@k is reported for every k in ``ks`` (default ``default_ks(min samples per question)``)
     not larger than the smallest number of samples of a question. Tool calls per question are
-    averaged over the samples of each question, then over questions.
+    averaged over the samples of each question, then over questions. ``gold_flags`` counts the
+    questions whose references carry each flag.
     """
     by_q: dict[str, list[SampleResult]] = defaultdict(list)
     for s in samples:
@@ -147,6 +152,7 @@ def aggregate(samples: Sequence[SampleResult], ks: Sequence[int] | None = None) 
     out["reward"] = _mean([s.reward for s in samples])
     out["format_ok"] = _mean([float(s.format_ok) for s in samples])
     out["answered"] = _mean([float(s.answer is not None) for s in samples])
+    out["gold_flags"] = dict(sorted(Counter(f for v in by_q.values() for f in v[0].gold_flags).items()))
 
     tools = sorted({c.get("tool") or "parse" for s in samples for c in s.tool_calls})
     per_q: dict[str, list[float]] = {t: [] for t in (*tools, "total")}
@@ -211,10 +217,22 @@ def _cell(summary: Mapping[str, Mapping[str, float]], key: str, pct: bool = True
     return text + (f" ± {_fmt(s['std'], pct)}" if s["n"] > 1 else "")
 
 
+def _gold_notes(sets: Mapping[str, Any]) -> list[str]:
+    """One line per set whose references carry ``gold_flags`` (questions per flag), else none."""
+    lines = []
+    for name, s in sets.items():
+        flags = {k.split(".", 1)[1]: v["mean"] for k, v in s["summary"].items()
+                 if k.startswith("gold_flags.")}
+        if flags:
+            lines.append(f"golds of {name}: " + ", ".join(f"{int(n)} {f}" for f, n in sorted(flags.items())))
+    return ["", *lines, "(see docs/scoring.md)"] if lines else []
+
+
 def markdown_report(report: Mapping[str, Any]) -> str:
     """Two Markdown tables (answers, tools) of a report made by the runner or ``build_report``.
 
-    Percentages for pass@k, EM, F1, math and format; ``± std`` over seeds when several.
+    Percentages for pass@k, EM, F1, math and format; ``± std`` over seeds when several. Sets
+    with flagged references (``gold_flags``) get a line between the tables.
     """
     sets = report["sets"]
     ks = sorted({int(k) for s in sets.values() for key in s["summary"] if key.startswith("pass@k.")
@@ -230,6 +248,7 @@ def markdown_report(report: Mapping[str, Any]) -> str:
                _cell(sm, "em"), _cell(sm, "f1"), _cell(sm, "math_equiv"), _cell(sm, "format_ok"),
                _cell(sm, "reward", pct=False), _cell(sm, "response_tokens.mean", pct=False)]
         lines.append("| " + " | ".join(row) + " |")
+    lines += _gold_notes(sets)
     tools = sorted({k.split(".", 1)[1] for s in sets.values() for k in s["summary"]
                     if k.startswith("tool_calls_per_question.")} - {"total"}) + ["total"]
     head = ["set", *[f"{t} calls/q" for t in tools], *[f"{t} fail %" for t in tools]]

@@ -1,7 +1,8 @@
 """From rollout trajectories to scored samples and dump records (no JAX).
 
 ``score_text`` scores one response with the configured reward plus the evaluation's own
-components (EM / F1 of the final answer for every set, math equivalence for math sets);
+components (EM / F1 of the final answer for every set, math equivalence for math sets, all with
+``arpo_jax.rewards.scoring``) and the quirks of the question's references (``gold_flags``);
 ``call_starts`` finds the response position where each tool call's opening tag begins, which
 the entropy analysis needs for its "around the call" curve and the rollout does not record.
 """
@@ -13,20 +14,33 @@ from collections.abc import Sequence
 from typing import Any
 
 from arpo_jax.data.records import Example
-from arpo_jax.rewards import RewardConfig, RewardResult, is_math, math_reward, qa_f1_reward, reward_for
+from arpo_jax.rewards import (
+    RewardConfig,
+    RewardResult,
+    gold_flags,
+    is_math,
+    math_reward,
+    qa_f1_reward,
+    reward_for,
+)
 
 from .metrics import CorrectBy, SampleResult, is_correct
 
 
 @dataclasses.dataclass(frozen=True)
 class Scored:
-    """The configured reward and the evaluation's components of one response."""
+    """The configured reward and the evaluation's components of one response.
+
+    ``gold_flags``: how the references were handled (``scoring.gold_flags``: ``raw_form``,
+    ``boxed_gold``, ``unbalanced_braces``, ``empty_gold``).
+    """
 
     reward: RewardResult
     em: float | None
     f1: float | None
     math_correct: bool | None
     correct: bool
+    gold_flags: tuple[str, ...] = ()
 
 
 def score_text(example: Example, text: str, config: RewardConfig, *, correct_by: CorrectBy = "auto",
@@ -46,7 +60,7 @@ def score_text(example: Example, text: str, config: RewardConfig, *, correct_by:
         math_ok = bool(math_reward(text, example.answers, plain).correct)
     correct = is_correct(correct_by, em=em, f1=f1, math_correct=math_ok, reward=primary.score,
                          is_math=is_math(example), threshold=threshold)
-    return Scored(primary, em, f1, math_ok, correct)
+    return Scored(primary, em, f1, math_ok, correct, gold_flags(example.answers))
 
 
 def _decoded_len(tokenizer, ids: Sequence[int]) -> int:
@@ -96,4 +110,5 @@ def sample_result(example: Example, traj: Any, scored: Scored, *, seed: int, sam
                         correct=scored.correct, reward=float(r.score), reward_name=r.name, em=scored.em,
                         f1=scored.f1, math_correct=scored.math_correct, format_ok=r.format_ok, answer=r.answer,
                         response_tokens=len(traj.tokens), model_tokens=int(sum(traj.mask)),
-                        tool_calls=tuple(calls), finish_reason=traj.finish_reason)
+                        tool_calls=tuple(calls), finish_reason=traj.finish_reason,
+                        gold_flags=scored.gold_flags)

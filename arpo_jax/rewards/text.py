@@ -4,6 +4,11 @@
 best over a list of references). ``release_boxed_answer`` reproduces the release's
 extraction of the last ``\\boxed`` including its quirks; ``last_boxed`` is a robust version
 used by the other rewards.
+
+``normalize_answer`` / ``qa_f1_score`` / ``qa_em_score`` are the release's SQuAD scoring, kept
+as released for the faithful ``arpo_f1`` reward: ASCII punctuation only, whitespace tokens, and
+a reference made of an article (``"A"``) normalises to ``""``, so F1 scores ``"A"`` vs ``"A"``
+as 0 and EM matches it with any empty answer. The evaluation uses ``scoring`` instead.
 """
 
 from __future__ import annotations
@@ -54,7 +59,11 @@ def qa_f1_score(prediction: str, references: str | Sequence[str]) -> float:
 
 
 def qa_em_score(prediction: str, references: str | Sequence[str]) -> float:
-    """1.0 when the normalised prediction equals any normalised reference, else 0.0."""
+    """1.0 when the normalised prediction equals any normalised reference, else 0.0.
+
+    SQuAD's EM, with its flaw: ``""`` matches the reference ``"A"`` (both normalise to ``""``).
+    Not used by the rewards or the evaluation (see ``scoring.eval_em_score``).
+    """
     pred = normalize_answer(prediction)
     return float(any(pred == normalize_answer(ref) for ref in _refs(references)))
 

@@ -1,7 +1,9 @@
 """Answer-checking rewards: ``math`` (equivalence), ``qa_em``, ``qa_f1`` and ``format``.
 
 Each sees the whole trajectory text, extracts the final answer (``extract_final_answer``:
-last ``\\boxed{}`` of the ``<answer>`` block) and compares it with the references. The format
+last ``\\boxed{}`` of the ``<answer>`` block) and compares it with the references using the
+evaluation's scoring (``scoring``: Unicode-aware EM / F1 with no free points for empty answers,
+references reduced to their own ``\\boxed{}``, truncated references matched verbatim). The format
 check of the release is always evaluated and logged; it changes the score only through
 ``RewardConfig.require_format`` (ill-formed -> ``format_penalty``) and
 ``RewardConfig.format_weight`` (added when well formed).
@@ -13,8 +15,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from .format import count_tools, validate_format
-from .math_equiv import math_equal
-from .text import extract_final_answer, qa_em_score, qa_f1_score
+from .scoring import eval_em_score, eval_f1_score, math_matches
+from .text import extract_final_answer
 from .types import RewardConfig, RewardResult
 
 
@@ -62,17 +64,17 @@ def _checked(
 
 
 def _math(answer: str, answers: Sequence[str], config: RewardConfig) -> _Score:
-    correct = any(math_equal(answer, ref, config.math_timeout_s) for ref in answers)
+    correct = any(math_matches(answer, ref, config.math_timeout_s) for ref in answers)
     return _Score(float(correct), correct)
 
 
 def _em(answer: str, answers: Sequence[str], config: RewardConfig) -> _Score:
-    em = qa_em_score(answer, answers)
-    return _Score(em, em == 1.0, f1=qa_f1_score(answer, answers), em=em)
+    em = eval_em_score(answer, answers)
+    return _Score(em, em == 1.0, f1=eval_f1_score(answer, answers), em=em)
 
 
 def _f1(answer: str, answers: Sequence[str], config: RewardConfig) -> _Score:
-    f1, em = qa_f1_score(answer, answers), qa_em_score(answer, answers)
+    f1, em = eval_f1_score(answer, answers), eval_em_score(answer, answers)
     return _Score(f1, em == 1.0, f1=f1, em=em)
 
 
@@ -82,12 +84,12 @@ def math_reward(text: str, answers: Sequence[str], config: RewardConfig | None =
 
 
 def qa_em_reward(text: str, answers: Sequence[str], config: RewardConfig | None = None) -> RewardResult:
-    """1.0 when the final answer equals a reference after SQuAD normalisation, else 0.0."""
+    """1.0 when the final answer equals a reference in the evaluation's form (``eval_em_score``)."""
     return _checked("qa_em", _em, text, answers, config or RewardConfig())
 
 
 def qa_f1_reward(text: str, answers: Sequence[str], config: RewardConfig | None = None) -> RewardResult:
-    """Best SQuAD token F1 of the final answer over the references."""
+    """Best token F1 of the final answer over the references (``eval_f1_score``)."""
     return _checked("qa_f1", _f1, text, answers, config or RewardConfig())
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from arpo_jax.rewards import RewardConfig, arpo_f1_reward
+from arpo_jax.rewards import RewardConfig, arpo_f1_reward, qa_em_score, qa_f1_score
 
 SEARCH = "<search> q </search> <result>\nsnippet\n</result>"
 PYTHON = "<python>print(1)</python> <result>\n1\n</result>"
@@ -83,3 +83,17 @@ def test_tool_result_text_is_part_of_the_trajectory():
     # a <search> inside the tool result counts: the release scans the whole response text
     weird = "<think> x </think><python>p</python> <result>\n<search>\n</result><answer>\\boxed{1}</answer>"
     assert arpo_f1_reward(weird, ["1"]).score == -1.0
+
+
+def test_article_only_gold_scores_zero_as_released():
+    # SQuAD normalisation turns the gold "A" into "": the release's F1 scores "A" vs "A" as 0
+    r = arpo_f1_reward(traj("A"), ["A"])
+    assert (r.score, r.f1, r.reason) == (0.0, 0.0, "wrong answer but good format")
+    assert arpo_f1_reward(traj(""), ["A"]).score == 0.0  # and an empty box scores 0 too
+    assert qa_f1_score("A", "A") == 0.0 and qa_em_score("", "A") == 1.0  # the release helpers, unchanged
+
+
+def test_cjk_is_scored_as_released():
+    # ASCII punctuation only and whitespace tokens: "北京。" is one token, not "北京"
+    assert arpo_f1_reward(traj("北京。"), ["北京"]).score == 0.0
+    assert arpo_f1_reward(traj("北京大学"), ["北京"]).score == 0.0
