@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv and installs arpo_jax with its test extras, plus the system packages the
+# Creates .venv and installs arpo_jax with its test extras at the locked versions, plus the system packages the
 # project needs (bubblewrap for the Python tool's sandbox). Idempotent; re-run after
 # pyproject.toml changes (the Makefile does this through a stamp file).
 set -euo pipefail
@@ -23,4 +23,6 @@ fi
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test]"
+# The exact versions the suite and the documented results were produced with (constraints.txt);
+# pyproject.toml keeps compatible ranges for library users.
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
