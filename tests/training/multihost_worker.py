@@ -6,6 +6,9 @@ CPU collectives with several devices per process are not reliable, openxla/xla#1
 ``OUT.<process>`` with the summary and the prompts its rollout engine was given.
 ``multihost_worker.py copy OUT``: ``local_copy`` of a tensor-parallel model onto this process's
 devices; writes ``OUT.<process>`` with the local mesh, the shard shapes and the values' check.
+``multihost_worker.py ckpt OUT DIR``: two asynchronous checkpoint saves of arrays split over
+the processes, one flipped byte in a file process 1 wrote, a restore with fallback; writes
+``OUT.<process>`` with what each process saw and restored.
 """
 
 import json
@@ -120,11 +123,58 @@ def copy_run(out_path):
                    "logits_finite": bool(np.isfinite(logits[0]).all())}, f)
 
 
+def ckpt_run(out_path, directory):
+    """Process 0 seals each step (after both processes wrote their files); every process hashes its
+    share on restore and all fall back to the same step when a byte of process 1's data flips."""
+    import contextlib
+    import io
+    from pathlib import Path
+
+    from jax.experimental import multihost_utils
+
+    from arpo_jax.training import checksums
+    from arpo_jax.training.checkpoint import Checkpointer, abstract_like
+
+    initialize_from_env()
+    mesh = make_mesh((1, -1, 1))
+    sharding = NamedSharding(mesh, P("fsdp", None))
+
+    def state(step):
+        w = np.arange(32.0, dtype=np.float32).reshape(8, 4) + step
+        return {"w": jax.make_array_from_callback((8, 4), sharding, lambda idx: w[idx]),
+                "b": jax.device_put(np.full((4,), step, np.float32), NamedSharding(mesh, P()))}
+
+    with Checkpointer(directory, keep=3, async_save=True) as ck:
+        for step in (1, 2):
+            ck.save(step, state(step), {"data_position": {"index": step}})
+    multihost_utils.sync_global_devices("saved")
+    step2 = Path(directory) / "2"
+    written = sorted(checksums.list_files(step2))
+    if jax.process_index() == 0:
+        victim = next(rel for rel in written if rel.startswith("state/ocdbt.process_1/d/"))
+        data = bytearray((step2 / victim).read_bytes())
+        data[len(data) // 2] ^= 1
+        (step2 / victim).write_bytes(bytes(data))
+    multihost_utils.sync_global_devices("flipped")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        ck = Checkpointer(directory, keep=3)
+        r = ck.restore(abstract_like(state(0)))
+        ck.close()
+    w = np.asarray(multihost_utils.process_allgather(r.state["w"], tiled=True))
+    with open(f"{out_path}.{jax.process_index()}", "w") as f:
+        json.dump({"files": written, "restored": r.step, "skipped": r.skipped_steps,
+                   "values_ok": bool(np.array_equal(w, np.arange(32.0).reshape(8, 4) + 1)),
+                   "messages": [x for x in err.getvalue().splitlines() if x.startswith("checkpoint step")]}, f)
+
+
 if __name__ == "__main__":
     mode, out = sys.argv[1], sys.argv[2]
     if mode == "update":
         update_steps(out)
     elif mode == "copy":
         copy_run(out)
+    elif mode == "ckpt":
+        ckpt_run(out, sys.argv[3])
     else:
         rl_run(out, sys.argv[3])
