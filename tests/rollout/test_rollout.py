@@ -138,14 +138,47 @@ def test_release_rule_reproduced_on_recorded_entropies(setup):
     _check_structure(res, tok, 8)
 
 
-def test_stale_baseline_keeps_the_first_value_per_slot(setup):
-    tok, _, _ = setup
-    eng = _engine(setup, policy="arpo_release", stale_entropy_baseline=True)
+def test_stale_baseline_keeps_the_first_value_per_slot(setup, monkeypatch):
+    """The release's bug (stale_entropy_baseline): H_initial is a table keyed by slot, filled
+    with the first value each slot ever sees and never reset, so a decision compares its
+    segment's entropy with that value, not with its own trajectory's initial entropy.
+
+    Between the two runs the policy changes (lm_head × 0.8: every non-deterministic next-token
+    distribution flattens), as after an RL update: the second run's own initial entropies are
+    then all different from the table's (the scripted model alone has only two values, so a
+    check like "the value is in the table" would pass without the bug), and each decision's
+    expected baseline is exactly the table's value for the slot it was made in."""
+    tok, model, _ = setup
+    k = 3
+    eng = _engine(setup, policy="arpo_release", stale_entropy_baseline=True, entropy_tokens=k)
     eng.run([prompt_ids(tok)] * P, seed=1)
     table = dict(eng._stale_initial)
+    assert table
+    flatter, _ = build_model(tok)
+    flatter.lm_head[...] = model.lm_head[...] * 0.8
+    eng.update_params(flatter)
+    slots = []  # the slot of each decision, in decision order (the results do not record it)
+    decide = eng._decide
+    monkeypatch.setattr(eng, "_decide", lambda traj, h, slot: (slots.append(slot), decide(traj, h, slot))[1])
     res = eng.run([prompt_ids(tok)] * P, seed=2)
-    assert table and eng._stale_initial == table  # never reset or updated
-    assert all(d["initial_entropy"] in table.values() for d in res.decisions)
+    assert eng._stale_initial == table  # never reset or updated
+    assert len(slots) == len(res.decisions) and res.decisions
+    by_uid = {t.uid: t for t in res.trajectories}
+    stale = 0
+    for d, slot in zip(res.decisions, slots):
+        root = by_uid[d["uid"]]
+        while root.parent >= 0:
+            root = by_uid[root.parent]
+        own = float(np.asarray(root.topk_entropies)[np.asarray(root.mask, bool)][:k].sum() / math.log(len(tok)))
+        if slot in table:  # the stale value; its own (new policy) baseline would be clearly different
+            expected = table[slot]
+            assert abs(own - expected) > 1e-3, (own, expected)
+            stale += 1
+        else:  # a slot no fresh trajectory started in before: the trajectory's own baseline
+            expected = own
+        assert math.isclose(d["initial_entropy"], expected, rel_tol=1e-5, abs_tol=1e-7), (d, slot, expected)
+        assert math.isclose(d["delta_h"], d["entropy"] - expected, rel_tol=1e-5, abs_tol=1e-6), d
+    assert stale >= len(res.decisions) // 2  # most decisions (here all) ran on a stale baseline
 
 
 def test_tool_limit_ends_the_trajectory_with_eos(setup):
