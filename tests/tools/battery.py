@@ -39,7 +39,8 @@ CASES = [
     Case("infinite_loop", "while True:\n    pass", statuses=("timeout",)),
     Case("sleep_past_deadline", "import time\ntime.sleep(600)\nprint('woke' + ' up')", statuses=("timeout",),
          forbid=("woke up",)),
-    Case("print_100mb", "import sys\nsys.stdout.write('x' * 100_000_000)", expect=("killed",)),
+    Case("print_100mb", "import sys\nsys.stdout.write('x' * 100_000_000)", expect=("killed",),
+         statuses=("error", "timeout")),  # killed for its output, or (on a loaded machine) at the deadline
     Case("fill_tmp", "import os, tempfile\nd = tempfile.gettempdir()\ni = 0\nwhile True:\n"
          "    with open(os.path.join(d, 'f' + str(i)), 'wb') as f:\n        f.write(b'x' * (1 << 20))\n    i += 1",
          statuses=("error", "timeout")),
