@@ -1,25 +1,26 @@
-"""``RolloutConfig``: how trajectories are generated (policy, budgets, branching knobs)."""
+"""``RolloutConfig``: how trajectories are generated (policy, budgets, branching knobs): the
+one ``rollout:`` config section. The policies that read the knobs: ``arpo_jax.rollout.policies``."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Literal
 
-from arpo_jax.algorithms.branching import BranchingConfig
-
-POLICIES = ("trajectory", "arpo", "arpo_release")
+from arpo_jax.algorithms.branching import ENTROPY_NORMALIZATIONS
+from arpo_jax.rollout.policies import POLICIES
 
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
     """Rollout policy and limits. Defaults are the paper runs (DESIGN.md §2).
 
-    policy: "trajectory" (GRPO: M independent samples per prompt), "arpo" (the paper's
+    policy: the branching policy, a name in ``arpo_jax.rollout.policies.POLICIES``:
+      "trajectory" (GRPO: M independent samples per prompt), "arpo" (the paper's
       entropy-based adaptive rollout: N initial samples, k look-ahead tokens after each tool
       result, P = α + β·ΔH, fork Z branches from the post-observation state while the prompt
       has fewer than M, parallel refill) or "arpo_release" (the released code's rule: top-k
       entropy of the segment that ended with the tool call, branch iff clip(U − β·ΔH) <= τ,
-      serial refill).
+      serial refill). docs/branching.md.
     total_rollouts (M), initial_rollouts (N), branches_per_source (Z), threshold (τ),
       entropy_weight (β), base_probability (α), entropy_tokens (k), entropy_topk (release
       entropy: top-k log-probs per token).
@@ -45,7 +46,7 @@ class RolloutConfig:
       arrive (more overlap when tools are slow; timing-dependent).
     """
 
-    policy: Literal["trajectory", "arpo", "arpo_release"] = "arpo"
+    policy: str = "arpo"
     total_rollouts: int = 16
     initial_rollouts: int = 8
     branches_per_source: int = 1
@@ -72,27 +73,18 @@ class RolloutConfig:
 
     def __post_init__(self):
         if self.policy not in POLICIES:
-            raise ValueError(f"rollout.policy must be one of {POLICIES}, got {self.policy!r}")
+            raise ValueError(f"rollout.policy must be one of {tuple(POLICIES)}, got {self.policy!r}")
         if self.total_rollouts < 1:
             raise ValueError(f"rollout.total_rollouts must be >= 1, got {self.total_rollouts}")
-        if self.policy != "trajectory" and not 1 <= self.initial_rollouts <= self.total_rollouts:
-            raise ValueError("rollout.initial_rollouts must be in [1, rollout.total_rollouts]")
         if self.max_response_tokens < 1 or self.max_prompt_tokens < 1 or self.max_tool_calls < 0:
             raise ValueError("rollout.max_response_tokens and max_prompt_tokens must be >= 1, max_tool_calls >= 0")
-        if self.stale_entropy_baseline and self.policy != "arpo_release":
-            raise ValueError("rollout.stale_entropy_baseline only applies to policy 'arpo_release'")
-        self.branching()  # validates the branching knobs
+        if self.branches_per_source < 0 or self.entropy_tokens < 1 or self.entropy_topk < 1:
+            raise ValueError("rollout.branches_per_source must be >= 0, entropy_tokens and entropy_topk >= 1")
+        if self.entropy_normalization not in ENTROPY_NORMALIZATIONS:
+            raise ValueError(f"rollout.entropy_normalization must be one of {ENTROPY_NORMALIZATIONS}, "
+                             f"got {self.entropy_normalization!r}")
+        POLICIES[self.policy].check_config(self)
 
     @property
     def slot_capacity(self) -> int:
         return self.capacity or self.max_prompt_tokens + self.max_response_tokens + 1
-
-    def branching(self) -> BranchingConfig:
-        """The ``BranchingConfig`` of the pure decision functions."""
-        rule = "release" if self.policy == "arpo_release" else f"paper_{self.paper_decision}"
-        return BranchingConfig(rule=rule, total_rollouts=self.total_rollouts,
-                               initial_rollouts=min(self.initial_rollouts, self.total_rollouts),
-                               branches_per_source=self.branches_per_source, threshold=self.threshold,
-                               entropy_weight=self.entropy_weight, base_probability=self.base_probability,
-                               entropy_tokens=self.entropy_tokens, entropy_topk=self.entropy_topk,
-                               entropy_normalization=self.entropy_normalization)

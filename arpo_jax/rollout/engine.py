@@ -1,4 +1,4 @@
-"""The agent loop: sampler slots + host tools, with trajectory-level or ARPO branching.
+"""The agent loop: sampler slots + host tools, with a branching policy.
 
 ``RolloutEngine.run(prompts)`` drives one ``Sampler`` between chunks of on-device decoding:
 
@@ -8,11 +8,11 @@
    the ``ToolDispatcher`` (a thread pool), and the loop goes on decoding the other slots;
 4. finished tool calls are appended (``append``: only the result's tokens are computed) and
    their slots resume;
-5. branching (policy "arpo" / "arpo_release") forks slots (``fork``, + ``rewind`` for the
-   paper rule, which looks k tokens past a result before deciding to branch from the point
-   right after it); nothing is recomputed;
-6. a prompt whose trajectories have all ended below M gets fresh samples (paper: all missing
-   at once; release: one per round).
+5. the branching policy (``rollout.policy``, ``arpo_jax.rollout.policies``) is asked at a
+   segment's end and k tokens after a result whether to branch; granted branches fork the
+   slot (``fork``, + ``rewind`` to the point right after the result when the decision came
+   later); nothing is recomputed;
+6. a prompt whose trajectories have all ended below M gets the fresh samples its policy asks for.
 
 Randomness is per prompt: prompt j of ``run(prompts, seed=s, prompt_offset=o)`` draws its
 branching decisions and its trajectories' sampling keys (samples and branches) from its own
@@ -22,12 +22,11 @@ round in which no slot can decode still counts), so a prompt's trajectories are 
 (params, prompt, s, o + j): a step rolled out in shards (one per JAX process, each with its
 ``prompt_offset``) gives exactly the trajectories of one run over all of it. Exceptions:
 ``num_slots`` < prompts × M (prompts compete for slots), ``stale_entropy_baseline`` (keyed by
-slot), non-deterministic tools. ``RolloutConfig``: the knobs; DESIGN.md §1–2: the two rules.
+slot), non-deterministic tools. ``RolloutConfig``: the knobs; docs/branching.md: the policies.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, wait
@@ -35,8 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
-from arpo_jax.algorithms import branching as br
 from arpo_jax.rollout.config import RolloutConfig
+from arpo_jax.rollout.policies import make_policy
 from arpo_jax.rollout.stats import rollout_stats
 from arpo_jax.rollout.trajectory import ToolRecord, Trajectory
 from arpo_jax.sampling import BUDGET, CAPACITY, EOS, RUNNING, STOP_STRING, Sampler, SamplingConfig
@@ -70,13 +69,13 @@ class RolloutResult:
 class _Live:
     """Host bookkeeping of one occupied slot."""
 
-    __slots__ = ("traj", "probe", "pending_call", "branch_after_append")
+    __slots__ = ("traj", "mark", "pending_call", "deferred")
 
     def __init__(self, traj: Trajectory):
         self.traj = traj
-        self.probe = None  # paper rule: (cache length, pending token, budget, response pos) after a result
+        self.mark = None  # look-ahead: (cache length, pending token, budget, response pos) right after a result
         self.pending_call = None  # (future, tool, body, entropy before, decode round) while a tool runs
-        self.branch_after_append = 0  # release rule: branches granted at the call, forked after the result
+        self.deferred = 0  # branches granted at the call, forked once its result is appended
 
 
 class RolloutEngine:
@@ -97,65 +96,70 @@ class RolloutEngine:
         if not self.eos_ids:
             raise ValueError("the tokenizer has no EOS token; pass eos_ids")
         self.vocab_size = len(tokenizer)
-        release = cfg.policy == "arpo_release"
+        self.policy = make_policy(cfg, self.vocab_size)
         scfg = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, greedy=cfg.greedy,
                               max_new_tokens=cfg.max_response_tokens, stop_strings=self.stops, eos_ids=self.eos_ids,
                               vocab_size=min(self.vocab_size, model.cfg.vocab_size), chunk_size=cfg.chunk_size,
-                              topk_entropy=cfg.entropy_topk if release else 0)
+                              topk_entropy=self.policy.topk_entropy)
         self.num_slots = cfg.num_slots or num_prompts * cfg.total_rollouts
         self.sampler = Sampler(model, scfg, num_slots=self.num_slots, capacity=cfg.slot_capacity, tokenizer=tokenizer,
                                tok_bytes=tok_bytes, mesh=mesh, seed=seed, cache_dtype=cache_dtype)
-        self.branching = cfg.branching()
-        self._stale_initial: dict[int, float] = {}  # release bug: H_initial keyed by slot, never reset
 
     def update_params(self, model_or_params) -> None:
         """New policy weights for the next ``run`` (same shapes and shardings)."""
         self.sampler.update_params(model_or_params)
 
-    # ------------------------------------------------------------------------ entropies
-    def _segment_entropy(self, traj: Trajectory, start: int, end: int) -> float:
-        """H of a segment: paper — mean exact entropy of its first k model tokens; release —
-        top-k entropies of its first k tokens summed and divided by ln|V|."""
-        k = self.cfg.entropy_tokens
-        m = np.asarray(traj.mask[start:end], bool)
-        if self.cfg.policy == "arpo_release":
-            vals = np.asarray(traj.topk_entropies[start:end])[m][:k]
-            return float(vals.sum() / math.log(self.vocab_size))
-        vals = np.asarray(traj.entropies[start:end])[m][:k]
-        return float(vals.mean()) if len(vals) else 0.0
-
-    def _delta(self, h: float, h0: float) -> float:
-        if self.cfg.policy == "arpo_release":
-            return h - h0
-        return float(br.entropy_delta(np.float32(h), np.float32(h0), self.cfg.entropy_normalization,
-                                      self.vocab_size))
-
-    def _decide(self, traj: Trajectory, h: float, slot: int) -> dict:
-        """One branching decision for ``traj`` at segment entropy ``h`` (not yet granted)."""
-        h0 = traj.initial_entropy if traj.initial_entropy is not None else h
-        if self.cfg.stale_entropy_baseline:
-            h0 = self._stale_initial.get(slot, h0)
-        d = self._delta(h, h0)
-        b = self.branching
-        u = float(self._rngs[traj.prompt_index].random())
-        if b.rule == "release":
-            prob = float(br.release_branch_probability(np.float32(d), b.entropy_weight, b.threshold))
-            branch = bool(br.release_branch_decisions(np.float32(u), np.float32(d), b.entropy_weight, b.threshold))
-        else:
-            prob = float(br.paper_branch_probability(np.float32(d), b.base_probability, b.entropy_weight))
-            branch = prob > b.threshold if b.rule == "paper_threshold" else u < prob
-        return dict(prompt_index=traj.prompt_index, uid=traj.uid, position=len(traj.tokens), entropy=h, initial_entropy=h0, delta_h=d,
-                    probability=prob, uniform=u, branch=branch, granted=0)
-
-    def _grant(self, decision: dict) -> int:
+    # ------------------------------------------------------------------------ branching
+    def _record(self, decision: dict | None) -> int:
+        """Records a policy's decision; returns the branches granted: Z if it branches, capped
+        by the prompt's budget M and the free slots."""
+        if decision is None:
+            return 0
+        self.decisions.append(decision)
         p = decision["prompt_index"]
         if not decision["branch"]:
             return 0
-        granted = max(0, min(self.branching.branches_per_source, self.cfg.total_rollouts - self._count[p],
+        granted = max(0, min(self.cfg.branches_per_source, self.cfg.total_rollouts - self._count[p],
                              len(self._free_slots())))
         decision["granted"] = granted
         self._count[p] += granted
         return granted
+
+    def _below_budget(self, traj: Trajectory) -> bool:
+        """Decision hooks are called only while the trajectory's prompt has fewer than M."""
+        return self._count[traj.prompt_index] < self.cfg.total_rollouts
+
+    def _segment_end(self, slot: int, live: _Live, start: int) -> None:
+        """A segment ended with a (submitted) tool call: granted branches wait for the result."""
+        traj = live.traj
+        if self._below_budget(traj):
+            live.deferred = self._record(self.policy.on_segment_end(traj, slot, start, self._rngs[traj.prompt_index]))
+
+    def _result_appended(self, slot: int, live: _Live, last_token: int) -> None:
+        """Deferred branches fork now; a look-ahead policy gets the point right after the result."""
+        if live.deferred:
+            n, live.deferred = live.deferred, 0
+            self._fork(slot, n)
+        if self.policy.lookahead_tokens:
+            live.mark = (int(self.sampler.lengths[slot]), last_token, int(self.sampler.budget[slot]),
+                         len(live.traj.tokens))
+
+    def _lookahead(self, slot: int, live: _Live) -> None:
+        """The policy's look-ahead tokens after a result are in: its decision forks from the
+        point right after the result."""
+        mark, live.mark = live.mark, None
+        traj = live.traj
+        if not self._below_budget(traj):
+            return
+        granted = self._record(self.policy.on_lookahead(traj, slot, mark[3], self._rngs[traj.prompt_index]))
+        if granted:
+            self._fork(slot, granted, rewind_to=mark)
+
+    def _drop_deferred(self, live: _Live) -> None:
+        """A granted branch that cannot happen (the source ended) gives its budget back."""
+        if live.deferred:
+            self._count[live.traj.prompt_index] -= live.deferred
+            live.deferred = 0
 
     # --------------------------------------------------------------------------- slots
     def _free_slots(self) -> list[int]:
@@ -181,8 +185,8 @@ class RolloutEngine:
         return self._rngs[prompt].integers(0, 2**32, 2, dtype=np.uint32)
 
     def _fork(self, slot: int, n: int, rewind_to=None) -> None:
-        """``n`` branches of ``slot``'s trajectory: forked at the response position of
-        ``rewind_to`` (paper: the point right after a result) or at the current one."""
+        """``n`` branches of ``slot``'s trajectory: forked at the current point or, with
+        ``rewind_to`` (a look-ahead decision's mark), at the point right after the result."""
         parent = self._live[slot].traj
         children = self._free_slots()[:n]
         self._count[parent.prompt_index] -= n - len(children)  # only with cfg.num_slots < prompts × M
@@ -222,7 +226,7 @@ class RolloutEngine:
         if any(len(p) == 0 for p in self._prompts):
             raise ValueError("empty prompt")
         self._trajs, self._live, self.decisions, self._round = [], {}, [], 0
-        first = cfg.total_rollouts if cfg.policy == "trajectory" else cfg.initial_rollouts
+        first = self.policy.initial_samples
         self._count = [first] * len(prompts)
         self._queue = deque(p for p in range(len(prompts)) for _ in range(first))
         before = dict(self.sampler.stats)
@@ -273,36 +277,16 @@ class RolloutEngine:
                 traj.add_model_tokens(toks, lps, ents, topk)
             status = int(res.status[slot])
             if traj.initial_entropy is None and (traj.num_model_tokens >= self.cfg.entropy_tokens or status != RUNNING):
-                self._set_initial_entropy(traj, slot)
-            if live.probe is not None:
-                seg = live.probe[3]
-                if np.sum(traj.mask[seg:]) >= self.cfg.entropy_tokens or status != RUNNING:
-                    self._probe(slot, live)
+                traj.initial_entropy = self.policy.initial_entropy(traj, slot)
+            if live.mark is not None and (np.sum(traj.mask[live.mark[3]:]) >= self.policy.lookahead_tokens
+                                          or status != RUNNING):
+                self._lookahead(slot, live)
             if status == RUNNING:
                 continue
             if status == STOP_STRING:
                 self._tool_call(slot, live, int(res.stop_index[slot]))
             else:
                 self._finish(slot, FINISH.get(status, "stop"))
-
-    def _set_initial_entropy(self, traj: Trajectory, slot: int) -> None:
-        traj.initial_entropy = self._segment_entropy(traj, 0, len(traj.tokens))
-        if self.cfg.stale_entropy_baseline:
-            self._stale_initial.setdefault(slot, traj.initial_entropy)
-
-    def _probe(self, slot: int, live: _Live) -> None:
-        """Paper rule: k tokens after a result are in; decide whether to branch from the point
-        right after the result."""
-        mark, live.probe = live.probe, None
-        traj = live.traj
-        h = self._segment_entropy(traj, mark[3], len(traj.tokens))
-        if self._count[traj.prompt_index] >= self.cfg.total_rollouts:
-            return
-        decision = self._decide(traj, h, slot)
-        self.decisions.append(decision)
-        granted = self._grant(decision)
-        if granted:
-            self._fork(slot, granted, rewind_to=mark)
 
     def _tool_call(self, slot: int, live: _Live, stop_index: int) -> None:
         traj = live.traj
@@ -321,29 +305,30 @@ class RolloutEngine:
         before = float(np.asarray(traj.entropies[start:])[m][-self.cfg.entropy_tokens:].mean()) if m.any() else 0.0
         live.pending_call = (self.dispatcher.submit(call), getattr(call, "tool", "") or "", getattr(call, "body", ""),
                              before, self._round)
-        if self.cfg.policy == "arpo_release" and self._count[traj.prompt_index] < self.cfg.total_rollouts:
-            decision = self._decide(traj, self._segment_entropy(traj, start, len(traj.tokens)), slot)
-            self.decisions.append(decision)
-            live.branch_after_append = self._grant(decision)
+        self._segment_end(slot, live, start)
+
+    def _due_tools(self, block: bool) -> list[int]:
+        """Slots whose tool result is to be appended now (deterministic: submitted before the
+        last chunk; else: done), waiting for them as needed."""
+        pending = {s: l for s, l in self._live.items() if l.pending_call is not None}
+        if not pending:
+            return []
+        if self.cfg.deterministic:
+            if block:  # nothing can decode: an idle round, as if a chunk had run without these slots
+                self._round += 1
+            ready = [s for s, l in pending.items() if l.pending_call[4] < self._round]
+            wait([pending[s].pending_call[0] for s in ready])
+            return ready
+        if block:
+            wait([l.pending_call[0] for l in pending.values()], return_when=FIRST_COMPLETED)
+        return [s for s, l in pending.items() if l.pending_call[0].done()]
 
     def _collect_tools(self, block: bool) -> None:
         """Appends every finished tool result (blocking for one when nothing else can run).
         Slots are handled in trajectory creation order (``_live`` order), not slot order, so a
         prompt's events do not depend on which slots its trajectories happen to occupy."""
-        pending = {s: l for s, l in self._live.items() if l.pending_call is not None}
-        if not pending:
-            return
-        if self.cfg.deterministic:  # due: submitted before the last chunk
-            if block:  # nothing can decode: an idle round, as if a chunk had run without these slots
-                self._round += 1
-            ready = [s for s, l in pending.items() if l.pending_call[4] < self._round]
-            wait([pending[s].pending_call[0] for s in ready])
-        else:
-            if block:
-                wait([l.pending_call[0] for l in pending.values()], return_when=FIRST_COMPLETED)
-            ready = [s for s, l in pending.items() if l.pending_call[0].done()]
         slots, spans = [], []
-        for s in ready:
+        for s in self._due_tools(block):
             live = self._live[s]
             fut, tool, body, before, _ = live.pending_call
             live.pending_call = None
@@ -357,7 +342,7 @@ class RolloutEngine:
                              entropy_before=before)
             traj.tool_calls.append(rec)
             if not ids:
-                self._release_grant(live)
+                self._drop_deferred(live)
                 self._finish(s, "budget")
                 continue
             traj.obs_spans.append(traj.add_inserted_tokens(ids))
@@ -369,30 +354,17 @@ class RolloutEngine:
         for s, ids in zip(slots, spans):
             live = self._live[s]
             if self.sampler.status[s] != RUNNING:  # the result used up the budget
-                self._release_grant(live)
+                self._drop_deferred(live)
                 self._finish(s, "budget")
                 continue
-            if self.cfg.policy == "arpo":
-                live.probe = (int(self.sampler.lengths[s]), ids[-1], int(self.sampler.budget[s]), len(live.traj.tokens))
-            elif live.branch_after_append:
-                n, live.branch_after_append = live.branch_after_append, 0
-                self._fork(s, n)
-
-    def _release_grant(self, live: _Live) -> None:
-        """A granted branch that cannot happen (the source ended) gives its budget back."""
-        if live.branch_after_append:
-            self._count[live.traj.prompt_index] -= live.branch_after_append
-            live.branch_after_append = 0
+            self._result_appended(s, live, ids[-1])
 
     def _refill(self) -> None:
-        """Prompts whose trajectories all ended below M get fresh samples (paper: all missing
-        ones at once; release: one per round)."""
-        if self.cfg.policy == "trajectory":
-            return
+        """Prompts whose trajectories all ended below M get the fresh samples their policy asks for."""
         active = Counter(l.traj.prompt_index for l in self._live.values())
         queued = Counter(self._queue)
         for p, n in enumerate(self._count):
             if n < self.cfg.total_rollouts and not active[p] and not queued[p]:
-                add = 1 if self.cfg.policy == "arpo_release" else self.cfg.total_rollouts - n
+                add = self.policy.refill(self.cfg.total_rollouts - n)
                 self._count[p] += add
                 self._queue.extend([p] * add)

@@ -138,6 +138,31 @@ def test_release_rule_reproduced_on_recorded_entropies(setup):
     _check_structure(res, tok, 8)
 
 
+def test_a_registered_policy_runs_without_engine_changes(setup, monkeypatch):
+    """The extension point: a ``BranchingPolicy`` subclass in the registry is a
+    ``rollout.policy`` the engine runs (here: branch at every tool call, refill all at once)."""
+    from arpo_jax.rollout import POLICIES
+    from arpo_jax.rollout.policies import BranchingPolicy
+
+    class EveryCall(BranchingPolicy):
+        initial_samples = 2
+
+        def on_segment_end(self, traj, slot, start, rng):
+            return self.decision(traj, entropy=0.0, initial_entropy=0.0, delta_h=0.0, probability=1.0,
+                                 uniform=float(rng.random()), branch=True)
+
+        def refill(self, missing):
+            return missing
+
+    monkeypatch.setitem(POLICIES, "every_call", EveryCall)
+    tok, _, _ = setup
+    res = _engine(setup, policy="every_call").run([prompt_ids(tok)] * P, seed=4)
+    _check_structure(res, tok, 8)
+    branches = [t for t in res.trajectories if t.parent >= 0]
+    assert res.decisions and all(d["branch"] for d in res.decisions)
+    assert 0 < len(branches) <= sum(d["granted"] for d in res.decisions)  # a grant is handed back if the source ends
+
+
 def test_stale_baseline_keeps_the_first_value_per_slot(setup, monkeypatch):
     """The release's bug (stale_entropy_baseline): H_initial is a table keyed by slot, filled
     with the first value each slot ever sees and never reset, so a decision compares its
@@ -152,16 +177,17 @@ def test_stale_baseline_keeps_the_first_value_per_slot(setup, monkeypatch):
     k = 3
     eng = _engine(setup, policy="arpo_release", stale_entropy_baseline=True, entropy_tokens=k)
     eng.run([prompt_ids(tok)] * P, seed=1)
-    table = dict(eng._stale_initial)
+    table = dict(eng.policy.stale_initial)
     assert table
     flatter, _ = build_model(tok)
     flatter.lm_head[...] = model.lm_head[...] * 0.8
     eng.update_params(flatter)
     slots = []  # the slot of each decision, in decision order (the results do not record it)
-    decide = eng._decide
-    monkeypatch.setattr(eng, "_decide", lambda traj, h, slot: (slots.append(slot), decide(traj, h, slot))[1])
+    decide = eng.policy.on_segment_end
+    monkeypatch.setattr(eng.policy, "on_segment_end",
+                        lambda traj, slot, *a: (slots.append(slot), decide(traj, slot, *a))[1])
     res = eng.run([prompt_ids(tok)] * P, seed=2)
-    assert eng._stale_initial == table  # never reset or updated
+    assert eng.policy.stale_initial == table  # never reset or updated
     assert len(slots) == len(res.decisions) and res.decisions
     by_uid = {t.uid: t for t in res.trajectories}
     stale = 0
