@@ -67,24 +67,13 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Checks ``value`` against annotation ``tp``; returns the (possibly converted) value."""
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        return _coerce_union(value, tp, key)
     if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: expected one of {list(args)}, got {value!r}")
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: expected one of {list(typing.get_args(tp))}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -93,37 +82,55 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a section ({tp.__name__}), got {value!r}")
         return _build(tp, value, prefix=key + ".")
     if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-        item_tp = args[0] if args else Any
-        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _coerce_sequence(value, tp, key)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
         return dict(value)
+    return _coerce_scalar(value, tp, key)
+
+
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    """The first member of ``tp`` (an Optional / Union) that accepts ``value``."""
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, key)
+        except ConfigError:
+            pass
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _coerce_sequence(value: Any, tp: Any, key: str) -> Any:
+    """A list, a homogeneous ``tuple[X, ...]`` or a fixed-length tuple, item by item."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    item_tp = args[0] if args else Any
+    items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
+    """float (also from YAML 1.1's "3e-3" strings), int and bool (not interchangeable), str, classes."""
     if tp is float:
         if isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):
             value = float(value)  # PyYAML (YAML 1.1) reads "3e-3" as a string; a user means 0.003
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
         return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected int, got {type(value).__name__} {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected bool, got {type(value).__name__} {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected str, got {type(value).__name__} {value!r}")
-        return value
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected int, got {type(value).__name__} {value!r}")
+    if tp in (bool, str) and not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     if isinstance(tp, type) and not isinstance(value, tp):
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     return value

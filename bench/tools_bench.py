@@ -111,7 +111,8 @@ def main() -> None:
         tool.run("pass")
         startup = _startup(tool, args.startup_calls)
         startup["sandbox_overhead_s"] = startup["median_s"] - result["bare_python_IS_s"]
-        result["modes"][mode] = {"startup": startup, "concurrent": _concurrent(tool, args.calls, args.sleep, args.rounds),
+        result["modes"][mode] = {"startup": startup,
+                                 "concurrent": _concurrent(tool, args.calls, args.sleep, args.rounds),
                                  "describe": tool.describe()}
     cache = REPO.parent / "shared" / "data" / "arpo" / "search_cache.json"
     if cache.is_file():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -210,6 +211,9 @@ def policy_loss(
     Returns:
       ``PolicyLossOutput``; the loss is loss_sum / denominator.
     """
+    chex.assert_rank(logprobs, 2)
+    chex.assert_equal_shape([logprobs, old_logprobs, advantages, mask]
+                            + [x for x in (ref_logprobs, entropy, token_weights) if x is not None])
     eff_mask = mask.astype(jnp.float32)
     if token_weights is not None:
         eff_mask = eff_mask * token_weights.astype(jnp.float32)
@@ -243,18 +247,23 @@ def policy_loss(
         token_loss = token_loss - config.entropy_coef * entropy
         stats["entropy_loss_sum"] = agg(entropy)[0]
     loss_sum, _ = agg(token_loss)
+    stats.update(_clip_stats(eff_mask, clipped, dual_clipped, ratio, old_logprobs - logprobs))
+    return PolicyLossOutput(loss_sum, denominator, stats)
 
+
+def _clip_stats(eff_mask: Array, clipped: Array, dual_clipped: Array, ratio: Array, log_ratio_old: Array) -> dict:
+    """Sums (and max/min) over the weighted loss tokens of the clipping statistics; all [B, T]."""
     on = eff_mask > 0
-    stats.update(
+    ratio = jax.lax.stop_gradient(ratio)
+    return dict(
         num_tokens=jnp.sum(eff_mask),
         clipped_tokens=jnp.sum(clipped * eff_mask),
         dual_clipped_tokens=jnp.sum(dual_clipped * eff_mask),
-        approx_kl_sum=jnp.sum(jax.lax.stop_gradient(old_logprobs - logprobs) * eff_mask),
-        ratio_sum=jnp.sum(jax.lax.stop_gradient(ratio) * eff_mask),
-        ratio_max=jnp.max(jnp.where(on, jax.lax.stop_gradient(ratio), -jnp.inf)),
-        ratio_min=jnp.min(jnp.where(on, jax.lax.stop_gradient(ratio), jnp.inf)),
+        approx_kl_sum=jnp.sum(jax.lax.stop_gradient(log_ratio_old) * eff_mask),
+        ratio_sum=jnp.sum(ratio * eff_mask),
+        ratio_max=jnp.max(jnp.where(on, ratio, -jnp.inf)),
+        ratio_min=jnp.min(jnp.where(on, ratio, jnp.inf)),
     )
-    return PolicyLossOutput(loss_sum, denominator, stats)
 
 
 def combine_loss_outputs(a: PolicyLossOutput, b: PolicyLossOutput) -> PolicyLossOutput:

@@ -167,7 +167,8 @@ def make_traces(tasks: Sequence[Task], dispatcher, *, seed: int = 0, mix: TraceM
                     for s in steps]
         correct = style != "guess"
         if correct and task.answer not in obs_of[task.calls[-1]]:
-            raise RuntimeError(f"{task.id}: gold answer {task.answer!r} not in the tool result {obs_of[task.calls[-1]]!r}")
+            raise RuntimeError(f"{task.id}: gold answer {task.answer!r} not in the tool result "
+                               f"{obs_of[task.calls[-1]]!r}")
         rows.append({"id": task.id, "prompt": prompt_messages(task.question, system_prompt),
                      "response_segments": segments, "eos": True, "kind": task.kind, "style": style,
                      "correct": correct, "answer": task.answer})

@@ -278,7 +278,8 @@ def build_report(samples: Sequence[SampleResult], ks: Sequence[int] | None = Non
     return {**(extra or {}), "seeds": seeds, "sets": sets}
 
 
-def write_report(report: Mapping[str, Any], out_dir: str | Path, samples: Sequence[SampleResult] = ()) -> dict[str, Path]:
+def write_report(report: Mapping[str, Any], out_dir: str | Path,
+                 samples: Sequence[SampleResult] = ()) -> dict[str, Path]:
     """Writes ``metrics.json``, ``metrics.md`` and (when given) ``samples.jsonl`` to ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -191,9 +191,11 @@ class DecoderLayer(nnx.Module):
         self.mlp = MLP(cfg, rngs=rngs)
 
     def __call__(self, x, positions, inv_freq, key_mask, cache_kv=None, write_index=None):
-        attn_out, cache_kv = self.attn(self.input_norm(x), positions, inv_freq, key_mask, cache_kv, write_index)
-        x = constrain(x + attn_out, ACT_BTD)
-        x = constrain(x + self.mlp(self.post_attn_norm(x)), ACT_BTD)
+        with jax.named_scope("attention"):  # names in profiles only; the computation is unchanged
+            attn_out, cache_kv = self.attn(self.input_norm(x), positions, inv_freq, key_mask, cache_kv, write_index)
+            x = constrain(x + attn_out, ACT_BTD)
+        with jax.named_scope("mlp"):
+            x = constrain(x + self.mlp(self.post_attn_norm(x)), ACT_BTD)
         return x, cache_kv
 
 
@@ -246,11 +248,12 @@ class Transformer(nnx.Module):
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             cache_kv = None if cache is None else (cache.k[i], cache.v[i])
-            if cfg.remat:
-                x, cache_kv = nnx.remat(lambda lyr, *a: lyr(*a))(layer, x, positions, inv_freq, key_mask,
-                                                               cache_kv, write_index)
-            else:
-                x, cache_kv = layer(x, positions, inv_freq, key_mask, cache_kv, write_index)
+            with jax.named_scope(f"layer_{i}"):
+                if cfg.remat:
+                    x, cache_kv = nnx.remat(lambda lyr, *a: lyr(*a))(layer, x, positions, inv_freq, key_mask,
+                                                                   cache_kv, write_index)
+                else:
+                    x, cache_kv = layer(x, positions, inv_freq, key_mask, cache_kv, write_index)
             if cache is not None:
                 new_k.append(cache_kv[0])
                 new_v.append(cache_kv[1])
@@ -258,7 +261,8 @@ class Transformer(nnx.Module):
         if return_hidden:
             out = x
         else:
-            out = self.logits(x)
+            with jax.named_scope("lm_head"):
+                out = self.logits(x)
         if cache is None:
             return out
         if num_new is None:

@@ -22,13 +22,13 @@ token, log-prob, entropy), ``stops`` (on-device stop strings), ``state`` (Sample
 
 from arpo_jax.sampling.config import (BUDGET, CAPACITY, EOS, FREE, RUNNING, STATUS_NAMES, STOP_STRING,
                                       SamplingConfig, bucket)
-from arpo_jax.sampling.processing import mask_vocab, sample_tokens, truncate
+from arpo_jax.sampling.processing import mask_vocab, sample_tokens, top_k_top_p_filter
 from arpo_jax.sampling.sampler import ChunkResult, Sampler
 from arpo_jax.sampling.state import SamplerState, init_state
 from arpo_jax.sampling.stops import StopTables, build_stop_tables, token_bytes
 
 __all__ = [
     "BUDGET", "CAPACITY", "EOS", "FREE", "RUNNING", "STATUS_NAMES", "STOP_STRING", "SamplingConfig", "bucket",
-    "mask_vocab", "sample_tokens", "truncate", "ChunkResult", "Sampler", "SamplerState", "init_state",
+    "mask_vocab", "sample_tokens", "top_k_top_p_filter", "ChunkResult", "Sampler", "SamplerState", "init_state",
     "StopTables", "build_stop_tables", "token_bytes",
 ]

@@ -34,7 +34,7 @@ def mask_vocab(logits: jax.Array, vocab_size: int | None) -> jax.Array:
     return jnp.where(jnp.arange(v) < vocab_size, logits, -jnp.inf)
 
 
-def truncate(scaled: jax.Array, top_k: int, top_p: float) -> jax.Array:
+def top_k_top_p_filter(scaled: jax.Array, top_k: int, top_p: float) -> jax.Array:
     """Top-k then top-p on temperature-scaled logits [B, V]; removed entries become -inf."""
     if top_k <= 0 and top_p >= 1.0:
         return scaled
@@ -78,7 +78,7 @@ def sample_tokens(logits: jax.Array, keys: jax.Array, cfg: SamplingConfig, with_
         tokens = jnp.argmax(scaled, axis=-1).astype(jnp.int32)
         token_logp = logp
     else:
-        trunc = truncate(scaled, cfg.top_k, cfg.top_p)
+        trunc = top_k_top_p_filter(scaled, cfg.top_k, cfg.top_p)
         typed = jax.random.wrap_key_data(keys)
         tokens = jax.vmap(jax.random.categorical)(typed, trunc).astype(jnp.int32)
         token_logp = logp if trunc is scaled else jax.nn.log_softmax(trunc, axis=-1)

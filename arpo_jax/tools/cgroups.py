@@ -161,7 +161,8 @@ class CallCgroup:
     def wrap(self, argv: list[str]) -> list[str]:
         """``argv`` run from a shell that first moves itself into this cgroup (fails closed)."""
         procs = [os.path.join(d, "cgroup.procs") for d in self.dirs]
-        script = f'for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f" || exit {JOIN_FAILED}; shift; done\nshift\nexec "$@"'
+        script = (f'for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f" || exit {JOIN_FAILED}; shift; done\n'
+                  'shift\nexec "$@"')
         return ["/bin/sh", "-c", script, "sh", *procs, "--", *argv]
 
     def pids(self) -> list[int]:

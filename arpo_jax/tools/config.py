@@ -2,8 +2,9 @@
 
 ``ProtocolConfig`` says how the model writes calls and how results are shown to it;
 ``PythonToolConfig`` sets the sandbox and its limits; ``SearchConfig`` picks and tunes the
-search backend; ``DispatcherConfig`` sizes the host-side concurrency. Defaults follow the
-ARPO release where it has one (observation format, top 10 pages, 1000 characters a page).
+search backend; ``DispatcherConfig`` sizes the host-side concurrency; ``ToolsConfig`` holds
+the four. Defaults follow the ARPO release where it has one (observation format, top 10
+pages, 1000 characters a page).
 """
 
 from __future__ import annotations
@@ -152,3 +153,14 @@ class DispatcherConfig:
     max_workers: int = 64
     tool_concurrency: dict[str, int] = field(default_factory=dict)
     deadline_grace_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class ToolsConfig:
+    """The agent's tools: the ``tools`` section of the train and eval configs
+    (``arpo_jax.tools.build.build_dispatcher`` builds them)."""
+
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    python: PythonToolConfig = field(default_factory=PythonToolConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)

@@ -103,7 +103,8 @@ class ToolDispatcher:
         if isinstance(call, ParseError) or call is None:
             message = call.message if call is not None else "No tool call found."
             fut: Future = Future()
-            fut.set_result(self._finish("parse", ToolOutput(message, "parse_error", {"reason": getattr(call, "reason", "none")}), start, ""))
+            meta = {"reason": getattr(call, "reason", "none")}
+            fut.set_result(self._finish("parse", ToolOutput(message, "parse_error", meta), start, ""))
             return fut
         return self._pool.submit(self._run, call, self._timeout(call.tool, timeout_s), start)
 

@@ -141,7 +141,8 @@ def _parse(text: str, protocol: ProtocolConfig, stop: str | None) -> ToolCall | 
                 tool,
             )
         if not body.strip():
-            return _error("empty", f"The <{tool}> call is empty; write the {_what(tool)} between {open_tag} and {close_tag}.", tool)
+            return _error("empty", f"The <{tool}> call is empty; write the {_what(tool)} between {open_tag} and "
+                                   f"{close_tag}.", tool)
         return ToolCall(tool=tool, body=body, start=open_pos, end=close_pos + len(close_tag))
     # No complete call: an opening tag without its closing tag, or an unknown tool?
     last_open, open_tool = -1, None

@@ -74,7 +74,8 @@ class Bm25Index:
                         d = json.loads(line)
                     except json.JSONDecodeError as exc:
                         raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-                    docs.append({"id": str(d.get("id", n)), "title": str(d.get("title", "")), "text": str(d.get("text", ""))})
+                    docs.append({"id": str(d.get("id", n)), "title": str(d.get("title", "")),
+                                 "text": str(d.get("text", ""))})
         return cls(docs, key=_file_key(path), index_dir=index_dir)
 
     def _texts(self) -> list[str]:
@@ -167,7 +168,8 @@ class CacheBackend:
                     title = re.sub(r"^search query:\s*", "", q.strip())[:200]
                     for j, snippet in enumerate(split_pages(result)):
                         docs.append({"id": f"{len(docs)}", "title": title, "text": snippet, "query": q, "page": j})
-                self._index = Bm25Index(docs, key="cache|" + _file_key(self.cfg.cache_path), index_dir=self.cfg.index_dir)
+                self._index = Bm25Index(docs, key="cache|" + _file_key(self.cfg.cache_path),
+                                        index_dir=self.cfg.index_dir)
             return self._index
 
     def search(self, query: str, timeout_s: float | None = None) -> ToolOutput:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arpo_jax.sampling import SamplingConfig, bucket, truncate
+from arpo_jax.sampling import SamplingConfig, bucket, top_k_top_p_filter
 from arpo_jax.sampling.config import prefill_length, window_size
 
 
@@ -34,12 +34,12 @@ def test_config_validation():
 def test_truncate_top_k_top_p():
     logits = jnp.log(jnp.asarray([[0.4, 0.3, 0.2, 0.1], [0.25, 0.25, 0.25, 0.25]]))
     keep = lambda x: np.isfinite(np.asarray(x))  # noqa: E731
-    np.testing.assert_array_equal(keep(truncate(logits, 2, 1.0)), [[1, 1, 0, 0], [1, 1, 1, 1]])  # ties kept
-    np.testing.assert_array_equal(keep(truncate(logits, 0, 0.6)), [[1, 1, 0, 0], [1, 1, 1, 1]])
-    np.testing.assert_array_equal(keep(truncate(logits, 0, 0.3)), [[1, 0, 0, 0], [1, 1, 1, 1]])
+    np.testing.assert_array_equal(keep(top_k_top_p_filter(logits, 2, 1.0)), [[1, 1, 0, 0], [1, 1, 1, 1]])  # ties kept
+    np.testing.assert_array_equal(keep(top_k_top_p_filter(logits, 0, 0.6)), [[1, 1, 0, 0], [1, 1, 1, 1]])
+    np.testing.assert_array_equal(keep(top_k_top_p_filter(logits, 0, 0.3)), [[1, 0, 0, 0], [1, 1, 1, 1]])
     # top-p acts on the top-k renormalised: masses before each token 0, .44, .78 (not 0, .4, .7)
-    np.testing.assert_array_equal(keep(truncate(logits, 3, 0.75)), [[1, 1, 0, 0], [1, 1, 1, 1]])
-    assert truncate(logits, 0, 1.0) is logits
+    np.testing.assert_array_equal(keep(top_k_top_p_filter(logits, 3, 0.75)), [[1, 1, 0, 0], [1, 1, 1, 1]])
+    assert top_k_top_p_filter(logits, 0, 1.0) is logits
 
 
 def test_benchmark_smoke(tmp_path):

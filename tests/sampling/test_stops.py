@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from arpo_jax.models import ModelConfig, create_model
 from arpo_jax.sampling import BUDGET, EOS, STOP_STRING, Sampler, SamplingConfig, build_stop_tables, token_bytes

@@ -77,7 +77,8 @@ CASES = [
          statuses=("error", "ok", "no_output")),
     # Escapes that bypass anything implemented in Python (the old fallback's audit hook).
     Case("posix_spawn_below_subprocess", "import os\nr, w = os.pipe()\n"
-         "pid = os.posix_spawn('/bin/cat', ['cat', '/etc/shadow', '{secret}'], {{}}, file_actions=[(os.POSIX_SPAWN_DUP2, w, 1)])\n"
+         "pid = os.posix_spawn('/bin/cat', ['cat', '/etc/shadow', '{secret}'], {{}},\n"
+         "                     file_actions=[(os.POSIX_SPAWN_DUP2, w, 1)])\n"
          "os.close(w)\nos.waitpid(pid, 0)\nprint('LE' + 'AK', os.read(r, 4096))", forbid=("TOPSECRET", "root:"),
          statuses=("error", "ok")),
     Case("ctypes_system", "import ctypes\nctypes.CDLL(None).system(b'cat {secret} /etc/shadow > out.txt')\n"
@@ -101,7 +102,8 @@ CASES = [
          forbid=("LEAK",)),
     Case("host_proc_listing", "import os\nfor p in os.listdir('/proc'):\n    if p.isdigit():\n        try:\n"
          "            print(open('/proc/%s/cmdline' % p, 'rb').read().replace(bytes(1), b' ').decode())\n"
-         "        except OSError:\n            pass", forbid=("{host_cmdline}",), statuses=("ok", "error", "no_output")),
+         "        except OSError:\n            pass", forbid=("{host_cmdline}",),
+         statuses=("ok", "error", "no_output")),
     Case("write_dev_shm", "open('/dev/shm/SANDBOX_ESCAPE', 'w').write('x')\nprint('WR' + 'OTE')", forbid=("WROTE",)),
     Case("write_var_tmp", "open('/var/tmp/SANDBOX_ESCAPE', 'w').write('x')\nprint('WR' + 'OTE')", forbid=("WROTE",)),
     Case("unix_socket_path", rlimit_gap="Landlock does not govern connect() to pathname Unix sockets",
@@ -113,7 +115,8 @@ CASES = [
          "    os.unlink('big%d' % i)\n    fs.append(f)\n    for j in range(8):\n        f.write(b'x' * (1 << 20))\n"
          "        f.flush()\nprint('FI' + 'LLED')", forbid=("FILLED",), statuses=("error", "timeout")),
     Case("forked_memory_bomb", "import os, time\nkids = []\nfor i in range(8):\n    pid = os.fork()\n"
-         "    if pid == 0:\n        try:\n            x = bytearray(1 << 30)\n            x[::4096] = b'y' * len(x[::4096])\n"
+         "    if pid == 0:\n        try:\n            x = bytearray(1 << 30)\n"
+         "            x[::4096] = b'y' * len(x[::4096])\n"
          "            time.sleep(1)\n            os._exit(0)\n        except BaseException:\n            os._exit(3)\n"
          "    kids.append(pid)\ncodes = [os.waitpid(p, 0)[1] for p in kids]\n"
          "print('ALL' + 'ALLOCATED' if all(c == 0 for c in codes) else 'stopped')",

@@ -67,10 +67,12 @@ def test_unknown_query_and_empty_query(cache_tool):
 
 def _write_corpus(path, n=50):
     with open(path, "w", encoding="utf-8") as f:
-        for i in range(n):
-            f.write(json.dumps({"id": f"d{i}", "title": f"Doc {i}", "text": f"filler words number {i} about nothing"}) + "\n")
-        f.write(json.dumps({"id": "paris", "title": "Paris", "text": "Paris is the capital and largest city of France."}) + "\n")
-        f.write(json.dumps({"id": "lyon", "title": "Lyon", "text": "Lyon is a city in France known for cuisine."}) + "\n")
+        docs = [{"id": f"d{i}", "title": f"Doc {i}", "text": f"filler words number {i} about nothing"}
+                for i in range(n)]
+        docs += [{"id": "paris", "title": "Paris", "text": "Paris is the capital and largest city of France."},
+                 {"id": "lyon", "title": "Lyon", "text": "Lyon is a city in France known for cuisine."}]
+        for d in docs:
+            f.write(json.dumps(d) + "\n")
 
 
 def test_corpus_bm25_and_its_disk_cache(tmp_path):

@@ -33,8 +33,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(404)
             self.end_headers()
             return
-        result = [[{"document": {"id": str(i), "contents": f'"Title {i}"\nText for {q} number {i}.'}, "score": 1.0 / (i + 1)}
-                   for i in range(body["topk"])] for q in body["queries"]]
+        result = [[{"document": {"id": str(i), "contents": f'"Title {i}"\nText for {q} number {i}.'},
+                    "score": 1.0 / (i + 1)} for i in range(body["topk"])] for q in body["queries"]]
         data = json.dumps({"result": result}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -67,7 +67,8 @@ def test_search_r1_protocol_and_release_format(server):
     out = _tool(_url(server), top_k=3).run(" who wrote hamlet ")
     assert out.status == "ok"
     assert server.last == {"queries": ["who wrote hamlet"], "topk": 3, "return_scores": True}
-    assert out.content.splitlines() == [f"Page {i + 1}: Title {i}: Text for who wrote hamlet number {i}." for i in range(3)]
+    expected = [f"Page {i + 1}: Title {i}: Text for who wrote hamlet number {i}." for i in range(3)]
+    assert out.content.splitlines() == expected
 
 
 def test_batch_retrieval(server):

@@ -279,7 +279,8 @@ def test_remote_commands_are_valid_shell(dry, tmp_path):
 
 def test_every_script_has_help(no_gcloud_path):
     scripts = sorted(p.name for p in SCRIPTS.glob("*.sh") if p.name != "common.sh")
-    expected = {"create.sh", "install.sh", "data.sh", "launch.sh", "logs.sh", "delete.sh", "run_all.sh", "launch_gpu.sh"}
+    expected = {"create.sh", "install.sh", "data.sh", "launch.sh", "logs.sh", "delete.sh", "run_all.sh",
+                "launch_gpu.sh"}
     assert expected <= set(scripts)
     for s in scripts:
         r = run_script(s, "--help", path=no_gcloud_path)
