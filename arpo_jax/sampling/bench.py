@@ -46,18 +46,13 @@ def _median_time(fn, repeats: int) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
-def run(args) -> dict:
-    import jax
-    import numpy as np
+def _build_models(args):
+    """A random Qwen2 in transformers (fp32, eval) and the same weights loaded into arpo_jax."""
     import torch
     import transformers
 
     from arpo_jax.models.hf_io import load_hf
-    from arpo_jax.sampling.config import SamplingConfig
-    from arpo_jax.sampling.sampler import Sampler
 
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
     torch.manual_seed(0)
     hf_cfg = transformers.Qwen2Config(
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.ffn, num_hidden_layers=args.layers,
@@ -67,11 +62,15 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
         model, cfg = load_hf(d)
-    capacity = args.prompt_len + args.new_tokens
-    rng = np.random.default_rng(0)
-    load0 = os.getloadavg()
-    t_start = time.time()
-    result: dict = {
+    return hf, model, cfg
+
+
+def _header(args, cfg) -> dict:
+    import jax
+    import torch
+    import transformers
+
+    return {
         "command": "arpo-jax bench sampler " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items() if k in ("batch_sizes", "chunk", "repeats")),
@@ -85,65 +84,74 @@ def run(args) -> dict:
                     "top_p": 1.0, "top_k": 0, "chunk": args.chunk, "repeats": args.repeats, "dtype": "float32"},
         "batches": {},
     }
-    scfg = SamplingConfig(temperature=1.0, max_new_tokens=args.new_tokens, chunk_size=args.chunk)
-    prompts = {b: rng.integers(0, args.vocab, (b, args.prompt_len)) for b in args.batch_sizes}
 
-    # transformers first, before any JAX computation runs: XLA's CPU thread pool would
-    # otherwise compete with torch's OpenMP threads for the (few) cores.
-    hf_rows = {}
-    if not args.skip_transformers:
-        for b in args.batch_sizes:
-            ids = torch.tensor(prompts[b])
-            mask = torch.ones_like(ids)
 
-            def hf_generate(n=args.new_tokens):
-                with torch.no_grad():
-                    g = hf.generate(ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                    max_new_tokens=n, min_new_tokens=n, output_scores=True,
-                                    return_dict_in_generate=True, eos_token_id=None, pad_token_id=0)
-                assert g.sequences.shape[1] == args.prompt_len + n and len(g.scores) == n
+def _transformers_rows(args, hf, prompts) -> dict:
+    """transformers' sampling speed per batch size (run before any JAX computation: XLA's CPU
+    thread pool would otherwise compete with torch's OpenMP threads for the few cores)."""
+    import torch
 
-            hf_generate()  # warm-up (a full run: the first ones are much slower)
-            t_hf, all_hf = _median_time(hf_generate, args.repeats)
-            hf_rows[b] = {"tokens_per_s": b * args.new_tokens / t_hf, "seconds": t_hf, "all_seconds": all_hf,
-                          "best_tokens_per_s": b * args.new_tokens / min(all_hf)}
-
+    rows = {}
     for b in args.batch_sizes:
-        plist = prompts[b].tolist()
-        total_new = b * args.new_tokens
-        row: dict = {}
-        samplers = {}
-        for ent in (True, False):
-            s = Sampler(model, scfg.replace(compute_entropy=ent), num_slots=b, capacity=capacity, seed=1)
-            t0 = time.perf_counter()
-            out = s.generate(plist)  # compiles insert, decode_chunk (one per attention window), release
-            first = time.perf_counter() - t0
-            assert all(len(o["tokens"]) == args.new_tokens for o in out)
-            samplers[ent] = (s, first)
-        # interleave the two variants so that machine load affects both alike
-        times = {True: [], False: []}
-        for _ in range(args.repeats):
-            for ent, (s, _) in samplers.items():
-                t0 = time.perf_counter()
-                s.generate(plist)
-                times[ent].append(time.perf_counter() - t0)
-        t_on, t_off = statistics.median(times[True]), statistics.median(times[False])
-        s, first = samplers[True]
-        row["arpo_jax"] = {"tokens_per_s": total_new / t_on, "seconds": t_on, "all_seconds": times[True],
-                           "best_tokens_per_s": total_new / min(times[True]),
-                           "first_call_seconds": first, "compile_seconds": max(first - t_on, 0.0),
-                           "compilations": s.compile_counts(), "decode_steps_per_run": args.new_tokens}
-        row["arpo_jax_no_entropy"] = {"tokens_per_s": total_new / t_off, "seconds": t_off, "all_seconds": times[False],
-                                      "best_tokens_per_s": total_new / min(times[False])}
-        row["entropy_overhead"] = t_on / t_off - 1.0
-        row["entropy_overhead_best"] = min(times[True]) / min(times[False]) - 1.0
-        if b in hf_rows:
-            row["transformers"] = hf_rows[b]
-            row["speedup_vs_transformers"] = hf_rows[b]["seconds"] / t_on
-            row["speedup_vs_transformers_best"] = min(hf_rows[b]["all_seconds"]) / min(times[True])
-        result["batches"][str(b)] = row
+        ids = torch.tensor(prompts[b])
+        mask = torch.ones_like(ids)
 
-    # Fork: branches start from the parent's state; count the prefill work they cost.
+        def hf_generate(n=args.new_tokens):
+            with torch.no_grad():
+                g = hf.generate(ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                max_new_tokens=n, min_new_tokens=n, output_scores=True,
+                                return_dict_in_generate=True, eos_token_id=None, pad_token_id=0)
+            assert g.sequences.shape[1] == args.prompt_len + n and len(g.scores) == n
+
+        hf_generate()  # warm-up (a full run: the first ones are much slower)
+        t_hf, all_hf = _median_time(hf_generate, args.repeats)
+        rows[b] = {"tokens_per_s": b * args.new_tokens / t_hf, "seconds": t_hf, "all_seconds": all_hf,
+                   "best_tokens_per_s": b * args.new_tokens / min(all_hf)}
+    return rows
+
+
+def _arpo_row(args, model, scfg, capacity: int, plist: list, hf_row: dict | None) -> dict:
+    """arpo_jax's speed for one batch, with and without in-loop entropy (interleaved runs)."""
+    from arpo_jax.sampling.sampler import Sampler
+
+    b, samplers = len(plist), {}
+    total_new = b * args.new_tokens
+    for ent in (True, False):
+        s = Sampler(model, scfg.replace(compute_entropy=ent), num_slots=b, capacity=capacity, seed=1)
+        t0 = time.perf_counter()
+        out = s.generate(plist)  # compiles insert, decode_chunk (one per attention window), release
+        first = time.perf_counter() - t0
+        assert all(len(o["tokens"]) == args.new_tokens for o in out)
+        samplers[ent] = (s, first)
+    times = {True: [], False: []}  # interleaved so that machine load affects both alike
+    for _ in range(args.repeats):
+        for ent, (s, _) in samplers.items():
+            t0 = time.perf_counter()
+            s.generate(plist)
+            times[ent].append(time.perf_counter() - t0)
+    t_on, t_off = statistics.median(times[True]), statistics.median(times[False])
+    s, first = samplers[True]
+    row = {"arpo_jax": {"tokens_per_s": total_new / t_on, "seconds": t_on, "all_seconds": times[True],
+                        "best_tokens_per_s": total_new / min(times[True]),
+                        "first_call_seconds": first, "compile_seconds": max(first - t_on, 0.0),
+                        "compilations": s.compile_counts(), "decode_steps_per_run": args.new_tokens},
+           "arpo_jax_no_entropy": {"tokens_per_s": total_new / t_off, "seconds": t_off, "all_seconds": times[False],
+                                   "best_tokens_per_s": total_new / min(times[False])},
+           "entropy_overhead": t_on / t_off - 1.0,
+           "entropy_overhead_best": min(times[True]) / min(times[False]) - 1.0}
+    if hf_row is not None:
+        row["transformers"] = hf_row
+        row["speedup_vs_transformers"] = hf_row["seconds"] / t_on
+        row["speedup_vs_transformers_best"] = min(hf_row["all_seconds"]) / min(times[True])
+    return row
+
+
+def _fork_stats(args, model, scfg, capacity: int, rng) -> dict:
+    """Fork: branches start from the parent's state; the prefill work they cost and the call's time."""
+    import jax
+
+    from arpo_jax.sampling.sampler import Sampler
+
     s = Sampler(model, scfg.replace(max_new_tokens=1 << 20), num_slots=8, capacity=capacity, seed=2)
     s.insert([0], [rng.integers(0, args.vocab, args.prompt_len).tolist()])
     s.decode_chunk()
@@ -158,10 +166,33 @@ def run(args) -> dict:
     jax.block_until_ready(s.state)
     fork_s = time.perf_counter() - t0
     res = s.decode_chunk()
-    result["fork"] = {"branches": 7, "parent_context_tokens": int(s.lengths[0]) - int(res.num_new[0]) + 1,
-                      "prefill_tokens_per_branch": (s.stats["prefill_tokens_padded"] - before) / 7,
-                      "fork_call_seconds_steady": fork_s, "fork_call_seconds_first": fork_first,
-                      "branches_decoded_after_fork": int((res.num_new[1:8] > 0).sum())}
+    return {"branches": 7, "parent_context_tokens": int(s.lengths[0]) - int(res.num_new[0]) + 1,
+            "prefill_tokens_per_branch": (s.stats["prefill_tokens_padded"] - before) / 7,
+            "fork_call_seconds_steady": fork_s, "fork_call_seconds_first": fork_first,
+            "branches_decoded_after_fork": int((res.num_new[1:8] > 0).sum())}
+
+
+def run(args) -> dict:
+    """The sampler benchmark: arpo_jax vs transformers per batch size, entropy overhead, fork cost."""
+    import numpy as np
+    import torch
+
+    from arpo_jax.sampling.config import SamplingConfig
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    hf, model, cfg = _build_models(args)
+    capacity = args.prompt_len + args.new_tokens
+    rng = np.random.default_rng(0)
+    load0 = os.getloadavg()
+    t_start = time.time()
+    result = _header(args, cfg)
+    scfg = SamplingConfig(temperature=1.0, max_new_tokens=args.new_tokens, chunk_size=args.chunk)
+    prompts = {b: rng.integers(0, args.vocab, (b, args.prompt_len)) for b in args.batch_sizes}
+    hf_rows = {} if args.skip_transformers else _transformers_rows(args, hf, prompts)
+    for b in args.batch_sizes:
+        result["batches"][str(b)] = _arpo_row(args, model, scfg, capacity, prompts[b].tolist(), hf_rows.get(b))
+    result["fork"] = _fork_stats(args, model, scfg, capacity, rng)
     result["loadavg_before"] = load0
     result["loadavg_after"] = os.getloadavg()
     result["wall_seconds"] = time.time() - t_start
