@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/arpo-jax demo --out runs/demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check arpo_jax tests bench
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 lock:  # re-resolve pyproject.toml's ranges and record them in constraints.txt

@@ -10,23 +10,15 @@ from pathlib import Path
 from arpo_jax.tools.sandbox import SandboxUnavailable
 
 
-def _load_any(path: str, dtype: str | None = None, mesh=None):
-    from arpo_jax.models.hf_io import load_hf
-    from arpo_jax.models.native_io import is_native_checkpoint, load_native
-
-    if is_native_checkpoint(path):
-        return load_native(path, mesh=mesh)
-    return load_hf(path, dtype=dtype, param_dtype=dtype, mesh=mesh)
-
-
 def cmd_convert(args) -> int:
     """HF ⇄ arpo_jax checkpoint conversion."""
     from arpo_jax.models.hf_io import save_hf
     from arpo_jax.models.native_io import is_native_checkpoint, save_native
+    from arpo_jax.models.source import load_checkpoint
 
     src_native = is_native_checkpoint(args.src)
     to = args.to or ("hf" if src_native else "arpo")
-    model, cfg = _load_any(args.src, dtype=args.dtype)
+    model, cfg = load_checkpoint(args.src, dtype=args.dtype, param_dtype=args.dtype)
     if to == "hf":
         tok = None
         if not src_native and Path(args.src, "tokenizer_config.json").is_file():
@@ -119,7 +111,8 @@ def cmd_demo(args) -> int:
 
 def cmd_sft(args) -> int:
     """Supervised fine-tuning (cold start); exit 0 finished, preempt_exit_code on SIGTERM, 3 diverged."""
-    from arpo_jax.training.sft import SFTConfig, run_sft
+    from arpo_jax.training.sft import run_sft
+    from arpo_jax.training.sft_config import SFTConfig
 
     return _run_training(SFTConfig, run_sft, args)
 
@@ -199,10 +192,7 @@ def cmd_plan(args) -> int:
 BENCHES = {"sampler": "arpo_jax.sampling.bench"}
 
 
-def build_parser(with_benches: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="arpo-jax", description="ARPO for tool-using LLM agents, in JAX")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_checkpoint_commands(sub) -> None:
     p = sub.add_parser("convert", help="convert a checkpoint HF <-> arpo_jax")
     p.add_argument("src", help="source directory (HF or arpo_jax checkpoint)")
     p.add_argument("dst", help="destination directory")
@@ -215,6 +205,8 @@ def build_parser(with_benches: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
+
+def _add_run_commands(sub) -> None:
     p = sub.add_parser("demo", help="run the built-in demo")
     p.add_argument("--out", default="runs/demo", help="output directory")
     p.add_argument("--quick", action="store_true", help="the reduced demo (the test suite's)")
@@ -224,22 +216,20 @@ def build_parser(with_benches: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--results", default="docs/results.md", help="Markdown written by --compare")
     p.add_argument("--walkthrough", action="store_true", help="the model/checkpoint walkthrough instead")
     p.set_defaults(func=cmd_demo)
+    for name, func, help_, example, override in (
+            ("train", cmd_train, "RL training: GRPO or ARPO rollouts with tools, optax update", "see configs/",
+             "dotted key=value overrides"),
+            ("sft", cmd_sft, "supervised fine-tuning on multi-turn tool traces (cold start)",
+             "see configs/sft_example.yaml", "dotted key=value overrides, e.g. train.steps=100"),
+            ("eval", cmd_eval, "pass@k evaluation on eval sets (Markdown + JSON + entropy plot)",
+             "see configs/eval_example.yaml", "dotted key=value overrides, e.g. data.samples=8")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("config", help=f"YAML config ({example})")
+        p.add_argument("overrides", nargs="*", help=override)
+        p.set_defaults(func=func)
 
-    p = sub.add_parser("train", help="RL training: GRPO or ARPO rollouts with tools, optax update")
-    p.add_argument("config", help="YAML config (see configs/)")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sft", help="supervised fine-tuning on multi-turn tool traces (cold start)")
-    p.add_argument("config", help="YAML config (see configs/sft_example.yaml)")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
-    p.set_defaults(func=cmd_sft)
-
-    p = sub.add_parser("eval", help="pass@k evaluation on eval sets (Markdown + JSON + entropy plot)")
-    p.add_argument("config", help="YAML config (see configs/eval_example.yaml)")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.samples=8")
-    p.set_defaults(func=cmd_eval)
-
+def _add_analysis_commands(sub) -> None:
     p = sub.add_parser("analyze", help="analyse rollout dumps")
     analyze_sub = p.add_subparsers(dest="analysis", required=True)
     ap = analyze_sub.add_parser("entropy", help="mean token entropy around tool calls and results")
@@ -258,6 +248,8 @@ def build_parser(with_benches: bool = True) -> argparse.ArgumentParser:
     tp.add_argument("--no-self-test", action="store_true", help="only build the sandbox and print its limits")
     tp.set_defaults(func=cmd_tools_check)
 
+
+def _add_plan_command(sub) -> None:
     p = sub.add_parser("plan", help="per-device memory of an RL config on a mesh (exit 1 if it does not fit)")
     p.add_argument("config", help="RL YAML config (see configs/README.md)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.mesh=[1,4,1]")
@@ -272,15 +264,28 @@ def build_parser(with_benches: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("bench", help="run a benchmark (writes JSON)")
-    bench_sub = p.add_subparsers(dest="bench_name", required=True)
+
+def _add_bench_command(sub, with_benches: bool) -> None:
     import importlib
 
+    p = sub.add_parser("bench", help="run a benchmark (writes JSON)")
+    bench_sub = p.add_subparsers(dest="bench_name", required=True)
     for name, module_name in BENCHES.items():
         bp = bench_sub.add_parser(name)
         if with_benches:  # importing a benchmark module is slow: only when asked for
             importlib.import_module(module_name).add_arguments(bp)
         bp.set_defaults(func=cmd_bench)
+
+
+def build_parser(with_benches: bool = True) -> argparse.ArgumentParser:
+    """The ``arpo-jax`` parser; ``with_benches`` imports the benchmark modules for their options."""
+    parser = argparse.ArgumentParser(prog="arpo-jax", description="ARPO for tool-using LLM agents, in JAX")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_checkpoint_commands(sub)
+    _add_run_commands(sub)
+    _add_analysis_commands(sub)
+    _add_plan_command(sub)
+    _add_bench_command(sub, with_benches)
     return parser
 
 

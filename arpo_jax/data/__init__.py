@@ -1,5 +1,5 @@
 """Datasets for ARPO: the released RL parquet files, the benchmark JSONL files, prompts,
-chat templates and a TFDS (array_record) store. Knows nothing about JAX.
+chat templates, tokenizer loading and a TFDS (array_record) store. Knows nothing about JAX.
 
 Everything is read into ``Example`` records. The TFDS names (``ArpoExamples``,
 ``write_examples``, ``load_examples``, ``build_released``, ``ExampleSource``) are imported
@@ -32,6 +32,7 @@ from .prompts import (
 )
 from .records import DataError, Example
 from .rl_parquet import read_rl_parquet
+from .tokenizer import check_exported_tokenizer, load_tokenizer
 
 _TFDS_NAMES = {"ArpoExamples", "ExampleSource", "write_examples", "load_examples", "build_released"}
 
@@ -47,11 +48,13 @@ __all__ = [
     "Overlap",
     "arpo_system_prompt",
     "build_messages",
+    "check_exported_tokenizer",
     "default_data_root",
     "drop_overlap",
     "encode_prompt",
     "encode_prompts",
     "find_overlap",
+    "load_tokenizer",
     "fix_system_prompt",
     "normalize_question",
     "overlap_counts",

@@ -43,7 +43,8 @@ def run_compare(out: Path, *, seeds: int = 3, quick: bool = False, results_md: s
     from arpo_jax.eval.runner import EvalConfig, run_eval
     from arpo_jax.training.rl import run_train
     from arpo_jax.training.rl_config import RLConfig
-    from arpo_jax.training.sft import SFTConfig, run_sft
+    from arpo_jax.training.sft import run_sft
+    from arpo_jax.training.sft_config import SFTConfig
 
     size = demo.SIZES["quick" if quick else "default"]
     out.mkdir(parents=True, exist_ok=True)

@@ -157,7 +157,8 @@ def run_phases(out: Path, *, quick: bool = False, seed: int = 0) -> dict[str, An
     from arpo_jax.eval.runner import EvalConfig, run_eval
     from arpo_jax.training.rl import run_train
     from arpo_jax.training.rl_config import RLConfig
-    from arpo_jax.training.sft import SFTConfig, run_sft
+    from arpo_jax.training.sft import run_sft
+    from arpo_jax.training.sft_config import SFTConfig
 
     size = SIZES["quick" if quick else "default"]
     out.mkdir(parents=True, exist_ok=True)

@@ -27,10 +27,10 @@ import numpy as np
 from arpo_jax.config import to_dict
 from arpo_jax.data import Example, encode_prompt, read_eval_jsonl, read_eval_set
 from arpo_jax.data.prompts import arpo_system_prompt
+from arpo_jax.models.source import ModelSourceConfig
 from arpo_jax.rewards.types import RewardConfig
 from arpo_jax.rollout.config import RolloutConfig
-from arpo_jax.training.rl_config import ToolsConfig
-from arpo_jax.training.sft_config import SFTModelConfig
+from arpo_jax.tools.config import ToolsConfig
 
 from .entropy import analyze_entropy
 from .metrics import CorrectBy, build_report, clean_json, default_ks, write_report
@@ -89,7 +89,7 @@ class EvalConfig:
     dump_trajectories: write ``trajectories/*.jsonl`` and the entropy analysis.
     """
 
-    model: SFTModelConfig
+    model: ModelSourceConfig
     data: EvalDataConfig
     rollout: RolloutConfig = dataclasses.field(default_factory=lambda: RolloutConfig(policy="trajectory"))
     tools: ToolsConfig = dataclasses.field(default_factory=ToolsConfig)
@@ -143,38 +143,14 @@ def load_eval_sets(data: EvalDataConfig) -> dict[str, list[Example]]:
     return out
 
 
-def build_dispatcher(tools: ToolsConfig):
-    """A ``ToolDispatcher`` with the protocol's tools; search only when it has a corpus."""
-    from arpo_jax.tools import ToolDispatcher
-    from arpo_jax.tools.check import check_dispatcher
+def load_model(src: ModelSourceConfig):
+    """(model, model config, tokenizer, mesh) as ``arpo-jax sft`` and ``train`` build them."""
+    from arpo_jax.data.tokenizer import load_tokenizer
+    from arpo_jax.models import build_model, make_mesh
 
-    names = tools.protocol.tools
-    s = tools.search
-    search_ready = (s.backend == "http" or (s.backend == "cache" and s.cache_path)
-                    or (s.backend == "bm25" and s.corpus_path))
-    if "search" in names and not search_ready:
-        print(f"note: the search tool is off (tools.search.backend={s.backend} has no cache_path/corpus_path); "
-              "<search> calls are answered as unavailable", file=sys.stderr)
-    dispatcher = ToolDispatcher.from_configs(python=tools.python if "python" in names else None,
-                                             search=s if "search" in names and search_ready else None,
-                                             config=tools.dispatcher, protocol=tools.protocol)
-    try:
-        check_dispatcher(dispatcher)  # refuses a sandbox that does not hold, before any model code runs
-    except BaseException:
-        dispatcher.close()
-        raise
-    return dispatcher
-
-
-def load_model(model_cfg: SFTModelConfig):
-    """(model, model config, tokenizer, mesh) as ``arpo-jax sft`` builds them."""
-    from arpo_jax.models import make_mesh
-    from arpo_jax.training.sft import SFTConfig, build_model, load_tokenizer
-
-    sft_cfg = SFTConfig(model=model_cfg)
-    tokenizer = load_tokenizer(sft_cfg)
-    mesh = make_mesh(model_cfg.mesh)
-    model, mcfg = build_model(sft_cfg, tokenizer, mesh)
+    tokenizer = load_tokenizer(src.tokenizer_dir)
+    mesh = make_mesh(src.mesh)
+    model, mcfg = build_model(src, len(tokenizer), mesh)
     return model, mcfg, tokenizer, mesh
 
 
@@ -183,10 +159,92 @@ def _mean_stats(stats: list[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([s[k] for s in stats if k in s])) for k in keys}
 
 
+def _prepare_dump_dir(cfg: EvalConfig) -> Path:
+    dump_dir = Path(cfg.out_dir) / "trajectories"
+    if cfg.dump_trajectories:
+        dump_dir.mkdir(exist_ok=True)
+        for old in dump_dir.glob("*.jsonl"):
+            old.unlink()
+    return dump_dir
+
+
+def _dump_record(traj, s, name: str, ex: Example, enc, seed: int, sample: int, tokenizer, tool_names) -> dict:
+    """The rollout dump record of one scored sample, with each tool call's ``call_start``."""
+    from arpo_jax.rollout import trajectory_record
+
+    rec = trajectory_record(traj, step=0, reward=s.reward, prompt_text=enc.text,
+                            extra=dict(eval_set=name, question_id=ex.id, seed=seed, sample=sample, correct=s.correct,
+                                       answer=s.answer))
+    starts = call_starts(traj.tokens, rec["tool_calls"], traj.obs_spans, tokenizer, tool_names)
+    for c, cs in zip(rec["tool_calls"], starts):
+        c["call_start"] = cs
+    return rec
+
+
+class _SetRunner:
+    """Rolls out every batch of one set under one seed, scores the samples and dumps them."""
+
+    def __init__(self, cfg: EvalConfig, engine, tokenizer, dump_dir: Path):
+        self.cfg, self.engine, self.tokenizer, self.dump_dir = cfg, engine, tokenizer, dump_dir
+
+    def run(self, name: str, examples: list[Example], encoded: list, seed: int) -> tuple[list, list[dict]]:
+        """(samples, per-batch rollout stats) of set ``name`` under ``seed``."""
+        cfg, k = self.cfg, self.cfg.batch_prompts  # fixed, so a set's results do not depend on the other sets
+        samples, batch_stats = [], []
+        dump = open(self.dump_dir / f"{name}.seed{seed}.jsonl", "w") if cfg.dump_trajectories else None
+        try:
+            for b, lo in enumerate(range(0, len(examples), k)):
+                exs, encs = examples[lo:lo + k], encoded[lo:lo + k]
+                result = self.engine.run([e.token_ids for e in encs], seed=run_seed(seed, name, b))
+                batch_stats.append(result.stats)
+                rank: dict[int, int] = {}
+                for traj in result.trajectories:
+                    p = traj.prompt_index
+                    i = rank[p] = rank.get(p, -1) + 1
+                    scored = score_text(exs[p], traj.text, cfg.reward, correct_by=cfg.correct_by,
+                                        threshold=cfg.correct_threshold)
+                    s = sample_result(exs[p], traj, scored, seed=seed, sample=i)
+                    samples.append(s)
+                    if dump is not None:
+                        rec = _dump_record(traj, s, name, exs[p], encs[p], seed, i, self.tokenizer,
+                                           cfg.tools.protocol.tools)
+                        dump.write(json.dumps(clean_json(rec), default=float, allow_nan=False) + "\n")
+        finally:
+            if dump is not None:
+                dump.close()
+        return samples, batch_stats
+
+
+def _rollout_all(cfg: EvalConfig, sets: dict[str, list[Example]], model, tokenizer, mesh,
+                 dump_dir: Path) -> tuple[list, dict, dict, dict]:
+    """Every set under every seed → (samples, rollout stats and seconds per set and seed, tool stats)."""
+    from arpo_jax.rollout import RolloutEngine
+    from arpo_jax.tools.build import build_dispatcher
+    from arpo_jax.tools.check import check_dispatcher
+
+    encoded = {name: [encode_prompt(tokenizer, ex, **cfg.data.template_kwargs) for ex in exs]
+               for name, exs in sets.items()}
+    samples, rollout_stats, timing = [], {}, {}
+    with build_dispatcher(cfg.tools) as dispatcher:
+        check_dispatcher(dispatcher)  # refuses a sandbox that does not hold, before any model code runs
+        engine = RolloutEngine(model, tokenizer, dispatcher, cfg.eval_rollout(), protocol=cfg.tools.protocol,
+                               mesh=mesh, num_prompts=cfg.batch_prompts, seed=cfg.seeds[0])
+        runner = _SetRunner(cfg, engine, tokenizer, dump_dir)
+        for seed in cfg.seeds:
+            for name, examples in sets.items():
+                t0 = time.perf_counter()
+                set_samples, batch_stats = runner.run(name, examples, encoded[name], seed)
+                samples += set_samples
+                rollout_stats.setdefault(name, {})[str(seed)] = _mean_stats(batch_stats)
+                timing.setdefault(name, {})[str(seed)] = time.perf_counter() - t0
+                print(f"eval {name} seed {seed}: {len(examples)} questions x {cfg.data.samples} samples in "
+                      f"{timing[name][str(seed)]:.1f}s", file=sys.stderr)
+        tool_stats = dispatcher.stats()
+    return samples, rollout_stats, timing, tool_stats
+
+
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Runs the evaluation; returns the report (also written to ``cfg.out_dir``)."""
-    from arpo_jax.rollout import RolloutEngine, trajectory_record
-
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, default=str) + "\n")
@@ -194,55 +252,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     if not any(sets.values()):
         raise ValueError("no questions to evaluate (data.files / data.sets are empty)")
     model, _, tokenizer, mesh = load_model(cfg.model)
-    rollout = cfg.eval_rollout()
-    encoded = {name: [encode_prompt(tokenizer, ex, **cfg.data.template_kwargs) for ex in exs]
-               for name, exs in sets.items()}
-    num_prompts = cfg.batch_prompts  # fixed, so a set's results do not depend on the other sets
-    tool_names = cfg.tools.protocol.tools
-    dump_dir = out / "trajectories"
-    if cfg.dump_trajectories:
-        dump_dir.mkdir(exist_ok=True)
-        for old in dump_dir.glob("*.jsonl"):
-            old.unlink()
-    samples, rollout_stats, timing = [], {}, {}
-    with build_dispatcher(cfg.tools) as dispatcher:
-        engine = RolloutEngine(model, tokenizer, dispatcher, rollout, protocol=cfg.tools.protocol, mesh=mesh,
-                               num_prompts=num_prompts, seed=cfg.seeds[0])
-        for seed in cfg.seeds:
-            for name, examples in sets.items():
-                t0 = time.perf_counter()
-                dump = open(dump_dir / f"{name}.seed{seed}.jsonl", "w") if cfg.dump_trajectories else None
-                batch_stats = []
-                try:
-                    for b, lo in enumerate(range(0, len(examples), num_prompts)):
-                        exs, encs = examples[lo:lo + num_prompts], encoded[name][lo:lo + num_prompts]
-                        result = engine.run([e.token_ids for e in encs], seed=run_seed(seed, name, b))
-                        batch_stats.append(result.stats)
-                        rank: dict[int, int] = {}
-                        for traj in result.trajectories:
-                            p = traj.prompt_index
-                            i = rank[p] = rank.get(p, -1) + 1
-                            scored = score_text(exs[p], traj.text, cfg.reward, correct_by=cfg.correct_by,
-                                                threshold=cfg.correct_threshold)
-                            s = sample_result(exs[p], traj, scored, seed=seed, sample=i)
-                            samples.append(s)
-                            if dump is not None:
-                                rec = trajectory_record(traj, step=0, reward=s.reward, prompt_text=encs[p].text,
-                                                        extra=dict(eval_set=name, question_id=exs[p].id, seed=seed,
-                                                                   sample=i, correct=s.correct, answer=s.answer))
-                                starts = call_starts(traj.tokens, rec["tool_calls"], traj.obs_spans, tokenizer,
-                                                     tool_names)
-                                for c, cs in zip(rec["tool_calls"], starts):
-                                    c["call_start"] = cs
-                                dump.write(json.dumps(clean_json(rec), default=float, allow_nan=False) + "\n")
-                finally:
-                    if dump is not None:
-                        dump.close()
-                rollout_stats.setdefault(name, {})[str(seed)] = _mean_stats(batch_stats)
-                timing.setdefault(name, {})[str(seed)] = time.perf_counter() - t0
-                print(f"eval {name} seed {seed}: {len(examples)} questions x {cfg.data.samples} samples in "
-                      f"{timing[name][str(seed)]:.1f}s", file=sys.stderr)
-        tool_stats = dispatcher.stats()
+    dump_dir = _prepare_dump_dir(cfg)
+    samples, rollout_stats, timing, tool_stats = _rollout_all(cfg, sets, model, tokenizer, mesh, dump_dir)
     ks = cfg.data.pass_ks or default_ks(cfg.data.samples)
     report = build_report(samples, ks, extra={
         "config": to_dict(cfg), "correct_by": cfg.correct_by, "samples_per_question": cfg.data.samples,

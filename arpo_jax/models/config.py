@@ -18,6 +18,20 @@ class UnsupportedModelError(ValueError):
     """The checkpoint's architecture or a config field is not supported."""
 
 
+def dtype_name(dtype: Any) -> str | None:
+    """The ``ModelConfig`` name of a dtype ("float32", "bfloat16", "float16"), given as that name
+    or as a JAX / NumPy dtype or scalar type (``jnp.bfloat16``, ``np.dtype("float32")``); None stays None."""
+    if dtype is None or isinstance(dtype, str) and dtype in DTYPES:
+        return dtype
+    try:
+        name = jnp.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported (use one of {sorted(DTYPES)})")
+    return name
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Decoder-only transformer hyper-parameters (names follow HF where they exist).

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from arpo_jax.models.config import ModelConfig
+from arpo_jax.models.config import DTYPES, ModelConfig, dtype_name
 from arpo_jax.models.sharding import state_shardings
 from arpo_jax.models.transformer import Transformer
 
@@ -183,32 +182,24 @@ def _index_checkpoint(path: Path) -> dict[str, Path]:
     return out
 
 
-def load_hf(path: str | Path, *, dtype: str | None = None, param_dtype: str | None = None,
-            mesh: Mesh | None = None, **config_overrides) -> tuple[Transformer, ModelConfig]:
-    """Loads a local HF checkpoint directory → ``(model, config)``.
-
-    dtype / param_dtype: compute and storage dtypes ("float32" or "bfloat16"); by default the
-    checkpoint's own dtype for storage (fp32 if unknown) and the same for compute.
-    mesh: place each parameter with its partition rule on this mesh (default: one device).
-    Hub names are never fetched: ``path`` must be an existing directory.
-    """
-    path = Path(path)
+def _checkpoint_config(path: Path, dtype, param_dtype, overrides: dict) -> ModelConfig:
+    """The ``ModelConfig`` of HF directory ``path``: storage dtype ``param_dtype`` (default the
+    checkpoint's own, fp32 if unknown), compute dtype ``dtype`` (default the storage dtype)."""
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory {str(path)!r} does not exist (hub names are not fetched)")
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{str(path)!r} has no config.json")
     hf_cfg = json.loads((path / "config.json").read_text())
     ckpt_dtype = hf_cfg.get("torch_dtype") or hf_cfg.get("dtype")
+    dtype, param_dtype = dtype_name(dtype), dtype_name(param_dtype)
     if param_dtype is None:
         param_dtype = ckpt_dtype if ckpt_dtype in ("float32", "bfloat16") else "float32"
-    cfg = ModelConfig.from_hf_config(hf_cfg, param_dtype=param_dtype, dtype=dtype or param_dtype,
-                                     **config_overrides)
-    names = _index_checkpoint(path)
+    return ModelConfig.from_hf_config(hf_cfg, param_dtype=param_dtype, dtype=dtype or param_dtype, **overrides)
 
-    graphdef, abstract_state = _abstract(cfg)
-    flat = _flat_params(abstract_state)
-    plan = []  # (path, hf name, kind, shape)
-    expected = set()
+
+def _tensor_plan(cfg: ModelConfig, flat, names: dict[str, Path]) -> list[tuple[tuple, str, str, tuple]]:
+    """(path, HF name, layout kind, our shape) of every parameter; refuses missing or extra tensors."""
+    plan, expected = [], set()
     for p, leaf in flat:
         name, kind = _hf_name_and_kind(p)
         expected.add(name)
@@ -220,12 +211,15 @@ def load_hf(path: str | Path, *, dtype: str | None = None, param_dtype: str | No
     if unexpected:
         raise CheckpointError(f"checkpoint has tensors the {cfg.family} architecture does not use, "
                               f"e.g. {sorted(unexpected)[0]!r} ({len(unexpected)} in all)")
+    return plan
 
-    shardings = state_shardings(abstract_state, mesh) if mesh is not None else None
-    flat_shardings = dict(_flat_params(shardings)) if shardings is not None else {}
+
+def _read_leaves(plan, names: dict[str, Path], dtype, shardings: dict) -> dict[tuple, jax.Array]:
+    """Every tensor of ``plan`` placed with its sharding (one device when absent), each device
+    reading only its slice; all shapes are checked before any data is read."""
     handles: dict[Path, object] = {}
     try:
-        for _, name, kind, shape in plan:  # check every shape before reading any data
+        for _, name, kind, shape in plan:
             f = names[name]
             if f not in handles:
                 handles[f] = safe_open(str(f), framework="numpy")
@@ -233,20 +227,38 @@ def load_hf(path: str | Path, *, dtype: str | None = None, param_dtype: str | No
             want = _hf_shape(kind, shape)
             if got != want:
                 raise CheckpointError(f"tensor {name!r} has shape {got}, expected {want}")
-        device = jax.devices()[0]
+        one_device = NamedSharding(Mesh(np.asarray([jax.devices()[0]]), ("d",)), P())
         leaves = {}
         for p, name, kind, shape in plan:
             reader = handles[names[name]].get_slice(name)
-            target_dtype = jnp.dtype(cfg.jnp_param_dtype)
-            sharding = flat_shardings.get(p) or NamedSharding(
-                Mesh(np.asarray([device]), ("d",)), P())
 
             def cb(index, reader=reader, kind=kind, shape=shape):
-                return np.asarray(_read_slice(kind, reader, shape, index)).astype(target_dtype)
+                return np.asarray(_read_slice(kind, reader, shape, index)).astype(dtype)
 
-            leaves[p] = jax.make_array_from_callback(shape, sharding, cb)
+            leaves[p] = jax.make_array_from_callback(shape, shardings.get(p) or one_device, cb)
     finally:
         handles.clear()
+    return leaves
+
+
+def load_hf(path: str | Path, *, dtype=None, param_dtype=None, mesh: Mesh | None = None,
+            **config_overrides) -> tuple[Transformer, ModelConfig]:
+    """Loads a local HF checkpoint directory → ``(model, config)``.
+
+    dtype / param_dtype: compute and storage dtypes ("float32" or "bfloat16", or the JAX / NumPy
+    dtype); by default the checkpoint's own dtype for storage (fp32 if unknown) and the same for
+    compute.
+    mesh: place each parameter with its partition rule on this mesh (default: one device).
+    Hub names are never fetched: ``path`` must be an existing directory.
+    """
+    path = Path(path)
+    cfg = _checkpoint_config(path, dtype, param_dtype, config_overrides)
+    names = _index_checkpoint(path)
+    graphdef, abstract_state = _abstract(cfg)
+    flat = _flat_params(abstract_state)
+    plan = _tensor_plan(cfg, flat, names)
+    shardings = dict(_flat_params(state_shardings(abstract_state, mesh))) if mesh is not None else {}
+    leaves = _read_leaves(plan, names, jnp.dtype(cfg.jnp_param_dtype), shardings)
     state = nnx.from_flat_state([(p, leaves[p]) for p, _ in flat])
     return nnx.merge(graphdef, state), cfg
 
@@ -263,10 +275,11 @@ def _fetch(x) -> np.ndarray:
 
 
 def save_hf(model: Transformer, cfg: ModelConfig, path: str | Path, *, tokenizer=None,
-            max_shard_bytes: int = 4 << 30, dtype: str | None = None) -> Path:
+            max_shard_bytes: int = 4 << 30, dtype=None) -> Path:
     """Writes ``model`` as a HF checkpoint directory that ``AutoModelForCausalLM`` loads.
 
-    dtype: storage dtype of the written tensors (default: the model's param dtype).
+    dtype: storage dtype of the written tensors, by name or as a JAX / NumPy dtype (default: the
+    model's param dtype).
     Tensors are gathered one at a time; files are split at ``max_shard_bytes`` with an index.
     Multi-host: every process must call this (parameters sharded over several processes are
     all-gathered); only process 0 writes, the others return the same path.
@@ -275,8 +288,8 @@ def save_hf(model: Transformer, cfg: ModelConfig, path: str | Path, *, tokenizer
     writer = jax.process_index() == 0
     if writer:
         path.mkdir(parents=True, exist_ok=True)
-    dtype = dtype or cfg.param_dtype
-    np_dtype = jnp.dtype({"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype])
+    dtype = dtype_name(dtype) or cfg.param_dtype
+    np_dtype = jnp.dtype(DTYPES[dtype])
     state = nnx.state(model, nnx.Param)
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0

@@ -6,6 +6,8 @@ prompt's tree and applies ``train.mini_batches × train.ppo_epochs`` jitted, sha
 updates (exact micro-batch accumulation). Checkpoints carry parameters, optimizer state, RNG,
 data position and skip counters, so ``train.resume=auto`` after a kill repeats the
 uninterrupted run's steps exactly (rollout randomness is a function of (seed, step)).
+``RLRunner`` is RL's part of the one training loop (``training.loop``), which owns
+checkpoints, resume, non-finite skips, SIGTERM, exports, logging and ``status.json``.
 
 Multi-host (n JAX processes): every process reads the same step's prompt list and rolls out
 its own whole prompts, positions [i·P/n, (i+1)·P/n), with its own tools, on a full copy of
@@ -22,59 +24,75 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from arpo_jax.config import to_dict
-from arpo_jax.models import make_mesh, save_hf
-from arpo_jax.models.config import ModelConfig
+from arpo_jax.data.tokenizer import load_tokenizer
+from arpo_jax.models import build_model, make_mesh
 from arpo_jax.models.sharding import rows_sharding
 from arpo_jax.rollout import RolloutConfig, RolloutEngine, trajectory_record
 from arpo_jax.sampling.config import bucket
-from arpo_jax.tools import ToolDispatcher
+from arpo_jax.tools.build import build_dispatcher
 from arpo_jax.tools.check import check_dispatcher
-from arpo_jax.training.checkpoint import Checkpointer, resolve_resume
-from arpo_jax.training.distributed import (allgather_max, global_batch, is_main_process, local_copy, local_mesh,
-                                           process_rows, rows_held)
-from arpo_jax.training.metrics_log import MetricsLogger, RolloutDumpWriter, to_python
-from arpo_jax.training.rl_batch import (advantages, gather_rollout, minibatch_groups, policy_arrays, reward_metrics,
-                                        score_trajectories)
-from arpo_jax.training.rl_config import RLConfig, ToolsConfig
+from arpo_jax.training.distributed import (allgather_max, global_batch, local_copy, local_mesh, process_rows,
+                                           rows_held)
+from arpo_jax.training.loop import TrainTask
+from arpo_jax.training.metrics_log import RolloutDumpWriter
+from arpo_jax.training.rl_batch import (StepRollout, advantages, gather_rollout, minibatch_groups, policy_arrays,
+                                        reward_metrics, score_trajectories)
+from arpo_jax.training.rl_config import RLConfig
 from arpo_jax.training.rl_data import PromptLoader, encode_examples, read_prompts
-from arpo_jax.training.sft import _write_status, abstract_train_state, build_model, load_tokenizer
-from arpo_jax.training.signals import PreemptionHandler, SkipGuard, TrainingDiverged
-from arpo_jax.training.update import cached_optimizer, make_policy_batch, score_tokens, update
+from arpo_jax.training.state import TrainState
+from arpo_jax.training.update import PolicyUpdater, cached_optimizer, make_policy_batch
+
+SUMMARY_KEYS = ("reward/mean", "reward/accuracy", "rollout/tool_calls_per_traj", "rollout/branches_per_prompt",
+                "update/loss", "val/accuracy")
 
 
-def make_dispatcher(tools: ToolsConfig) -> ToolDispatcher:
-    """The tools the protocol names: Python always builds; search when it has a backend."""
-    names = set(tools.protocol.tools)
-    s = tools.search
-    search_ok = s.backend == "http" or bool(s.cache_path or s.corpus_path)
-    if "search" in names and not search_ok:
-        print("note: no search backend configured (tools.search.cache_path / corpus_path / backend=http); "
-              "search calls will be answered as unavailable", flush=True)
-    return ToolDispatcher.from_configs(python=tools.python if "python" in names else None,
-                                       search=s if "search" in names and search_ok else None,
-                                       config=tools.dispatcher, protocol=tools.protocol)
+def validation_rollout(rollout: RolloutConfig, num_slots: int) -> RolloutConfig:
+    """The training rollout config for greedy validation: one trajectory per prompt, no branching,
+    ``num_slots`` slots; budgets, capacity, chunking and determinism as in training."""
+    return dataclasses.replace(rollout, policy="trajectory", total_rollouts=1, initial_rollouts=1, greedy=True,
+                               stale_entropy_baseline=False, num_slots=num_slots)
 
 
-class RLRunner:
-    """Holds the pieces of one training run; ``run()`` executes it (see ``run_train``)."""
+class RLRunner(TrainTask):
+    """RL's part of the training loop (``training.loop``): prompts, tools, rollout engine, the
+    step (rollout → rewards → advantages → updates) and greedy validation; ``run()`` runs it."""
+
+    config_key = "rl_config"
 
     def __init__(self, cfg: RLConfig):
-        self.cfg = cfg
-        t = cfg.train
-        self.out_dir = Path(t.out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.tokenizer = load_tokenizer(cfg)
-        d = cfg.data
+        self.config, t = cfg, cfg.train
+        self.tokenizer = load_tokenizer(cfg.model.tokenizer_dir)
+        self._read_prompts()
+        self.total_steps = t.steps or t.epochs * self.loader.batches_per_epoch
+        self._split_batches()
+        opt = cfg.optimizer
+        if opt.schedule in ("cosine", "wsd") and opt.total_steps <= 1:
+            opt = dataclasses.replace(opt, total_steps=self.total_steps * t.mini_batches * t.ppo_epochs)
+        self.optimizer = cached_optimizer(opt)
+        self.mesh = make_mesh(cfg.model.mesh)
+        self.rollout_mesh = local_mesh(self.mesh)  # each process samples alone, on its own devices
+        self.row_sharding = rows_sharding(self.mesh, 2, self.rows)
+        n = jax.process_count()
+        if n > 1 and rows_held(self.row_sharding, self.rows) != self.local_rows:
+            raise ValueError(f"model.mesh {list(cfg.model.mesh)}: the {self.rows} rows of a mini-batch must split "
+                             f"over the {n} processes along the data × fsdp axes")
+        self.dumps = RolloutDumpWriter(t.out_dir, active=None if t.dump_rollouts else False)
+        self.dispatcher = build_dispatcher(cfg.tools)
+        try:
+            self.sandbox = check_dispatcher(self.dispatcher)  # refuses a sandbox that does not hold
+        except BaseException:
+            self.dispatcher.close()
+            raise
+
+    def _read_prompts(self) -> None:
+        d, t = self.config.data, self.config.train
         if not d.train_files:
             raise ValueError("data.train_files is empty: give at least one prompt file")
         self.examples = read_prompts(d.train_files, byte_exact=d.byte_exact_system_prompt, lenient=d.lenient,
@@ -86,8 +104,11 @@ class RLRunner:
             t.val_every or t.val_before_train) else []
         if d.val_prompts:
             self.val_examples = self.val_examples[: d.val_prompts]
-        self.total_steps = t.steps or t.epochs * self.loader.batches_per_epoch
-        p, m, n = d.prompts_per_step, cfg.rollout.total_rollouts, jax.process_count()
+
+    def _split_batches(self) -> None:
+        """This process's prompts of a step, the rows of a mini-batch and its micro-batches."""
+        cfg, t = self.config, self.config.train
+        p, m, n = cfg.data.prompts_per_step, cfg.rollout.total_rollouts, jax.process_count()
         self.share = process_rows(p, "data.prompts_per_step")  # this process's prompts of every step
         if p // n % t.mini_batches:
             per = f" / the {n} JAX processes" if n > 1 else ""
@@ -103,54 +124,19 @@ class RLRunner:
         if cfg.rollout.num_slots % n:
             raise ValueError(f"rollout.num_slots ({cfg.rollout.num_slots}) must split evenly over the {n} JAX "
                              f"processes (each samples with its share)")
-        opt = cfg.optimizer
-        if opt.schedule in ("cosine", "wsd") and opt.total_steps <= 1:
-            opt = dataclasses.replace(opt, total_steps=self.total_steps * t.mini_batches * t.ppo_epochs)
-        self.optimizer = cached_optimizer(opt)
-        self.mesh = make_mesh(cfg.model.mesh)
-        self.rollout_mesh = local_mesh(self.mesh)  # each process samples alone, on its own devices
-        self.row_sharding = rows_sharding(self.mesh, 2, self.rows)
-        if n > 1 and rows_held(self.row_sharding, self.rows) != self.local_rows:
-            raise ValueError(f"model.mesh {list(cfg.model.mesh)}: the {self.rows} rows of a mini-batch must split "
-                             f"over the {n} processes along the data × fsdp axes")
-        self.ckpt = Checkpointer(t.checkpoint_dir or self.out_dir / "checkpoints", keep=t.keep,
-                                 async_save=t.async_checkpoint)
-        self.guard = SkipGuard(t.max_consecutive_skips)
-        self.dispatcher = make_dispatcher(cfg.tools)
-        self.sandbox = check_dispatcher(self.dispatcher)
-        self.dumps = RolloutDumpWriter(self.out_dir, active=None if t.dump_rollouts else False)
 
     # ------------------------------------------------------------------ state
-    def init_or_restore(self) -> None:
-        cfg = self.cfg
-        resume = resolve_resume(cfg.train.resume, self.ckpt)
-        self.step = 0
-        if resume is None:
-            model, self.mcfg = build_model(cfg, self.tokenizer, self.mesh)
-            self.graphdef, self.params = nnx.split(model)
-            from arpo_jax.models.sharding import state_shardings
-
-            opt_state = self.optimizer.init(self.params)
-            self.opt_state = jax.device_put(opt_state, state_shardings(opt_state, self.mesh))
-        else:
-            holder = {}
-
-            def target(meta):
-                holder["mcfg"] = ModelConfig(**meta["model_config"])
-                holder["graphdef"], abstract = abstract_train_state(holder["mcfg"], self.optimizer, self.mesh)
-                return abstract
-
-            restored = self.ckpt.restore(target, step=None if resume == -1 else resume)
-            self.loader.set_position(restored.meta["data_position"])
-            self.guard.load_state_dict(restored.meta.get("skips", {}))
-            self.mcfg, self.graphdef = holder["mcfg"], holder["graphdef"]
-            self.params, self.opt_state = restored.state["params"], restored.state["opt_state"]
-            self.step = restored.step
+    def start(self, state: TrainState) -> None:
+        """The frozen reference (KL), the update and the rollout engine, for ``state``'s model."""
+        cfg = self.config
         self.ref_params = None
         if cfg.loss.kl_coef:  # frozen reference = the starting policy (reloaded on resume)
-            self.ref_params = jax.tree.map(jnp.copy, nnx.split(build_model(cfg, self.tokenizer, self.mesh)[0])[1])
-        self.vocab_size = min(len(self.tokenizer), self.mcfg.vocab_size)
-        model = nnx.merge(self.graphdef, local_copy(self.params, self.rollout_mesh, self.mcfg.jnp_dtype))
+            ref = build_model(cfg.model, len(self.tokenizer), self.mesh)[0]
+            self.ref_params = jax.tree.map(jnp.copy, nnx.split(ref)[1])
+        vocab_size = min(len(self.tokenizer), state.mcfg.vocab_size)
+        self.updater = PolicyUpdater(state.graphdef, self.optimizer, cfg.loss, cfg.rollout.temperature,
+                                     self.num_micro, vocab_size, cfg.train.logits_chunk)
+        model = nnx.merge(state.graphdef, local_copy(state.params, self.rollout_mesh, state.mcfg.jnp_dtype))
         rcfg = dataclasses.replace(cfg.rollout, num_slots=cfg.rollout.num_slots // jax.process_count())
         self.engine = RolloutEngine(model, self.tokenizer, self.dispatcher, rcfg, protocol=cfg.tools.protocol,
                                     mesh=self.rollout_mesh, num_prompts=self.share.stop - self.share.start,
@@ -166,34 +152,22 @@ class RLRunner:
         if jax.process_count() > 1:
             engine.update_params(None)
 
-    def save(self, wait: bool = False) -> None:
-        meta = {"data_position": self.loader.position.to_dict(), "skips": self.guard.state_dict(),
-                "model_config": dataclasses.asdict(self.mcfg), "rl_config": to_dict(self.cfg)}
-        key = np.asarray(jax.random.key_data(jax.random.key(self.cfg.train.seed)))  # rollouts derive from (seed, step)
-        rng = jax.make_array_from_callback(key.shape, NamedSharding(self.mesh, P()), lambda i: key[i])
-        self.ckpt.save(self.step, {"params": self.params, "opt_state": self.opt_state, "rng": rng}, meta, wait=wait)
-
-    def export(self, name: str) -> str | None:
-        """Writes the policy as a HF checkpoint (every process calls it; process 0 writes)."""
-        path = save_hf(nnx.merge(self.graphdef, self.params), self.mcfg,
-                       Path(self.cfg.train.export_dir or self.out_dir / "hf") / name, tokenizer=self.tokenizer,
-                       dtype=self.cfg.train.export_dtype)
-        return str(path) if is_main_process() else None
+    def start_lines(self, resumed: bool) -> list[str]:
+        cfg, n = self.config, jax.process_count()
+        hosts = f" ({n} processes × {cfg.data.prompts_per_step // n})" if n > 1 else ""
+        intro = (f"RL ({cfg.rollout.policy}, advantage {cfg.algorithm.advantage}): {len(self.examples)} prompts, "
+                 f"{cfg.data.prompts_per_step} per step{hosts} × M={cfg.rollout.total_rollouts}, {self.total_steps} "
+                 f"steps; tools: {', '.join(self.dispatcher.describe())}")
+        return ([] if resumed else [intro]) + [self.sandbox["line"]]
 
     # ------------------------------------------------------------------- steps
-    def _score(self, params, batch: dict) -> jax.Array:
-        """Log-probs [B, T] of a (global) batch under ``params``, one micro-batch at a time."""
-        return score_tokens(params, batch["tokens"], batch["attention_mask"], graphdef=self.graphdef,
-                            vocab_size=self.vocab_size, temperature=self.cfg.rollout.temperature,
-                            logits_chunk=self.cfg.train.logits_chunk, num_micro=self.num_micro)[0]
-
     def _global(self, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This process's rows of a mini-batch → global arrays with rows over (data, fsdp)."""
         if jax.process_count() == 1:
             return {k: jax.device_put(v, self.row_sharding) for k, v in arrays.items()}
         return global_batch(arrays, self.row_sharding)
 
-    def policy_batches(self, trajs, tok_adv, weights) -> tuple[list[dict], list[jax.Array]]:
+    def policy_batches(self, params, trajs, tok_adv, weights) -> tuple[list[dict], list[jax.Array]]:
         """The step's mini-batches as global arrays, and the sampler–trainer log-prob gaps.
 
         Mini-batches by prompt (verl's ppo_mini_batch), strided over the step's prompt list
@@ -202,7 +176,7 @@ class RLRunner:
         shapes, and the compiles, are the same everywhere. Lengths are power-of-two buckets up
         to the longest a trajectory can be, so the update compiles once per bucket.
         """
-        cfg, t = self.cfg, self.cfg.train
+        cfg, t = self.config, self.config.train
         groups = minibatch_groups(trajs, t.mini_batches, self.share.start)
         longest = allgather_max([max((len(trajs[j].prompt_tokens) + len(trajs[j].tokens) for j in g), default=1)
                                  for g in groups])
@@ -216,171 +190,117 @@ class RLRunner:
                                    length=max(t.pad_len, int(n)) if t.pad_len else bucket(int(n), 64, cap))
             b = self._global(arrays)
             if t.old_logprobs == "recompute" or cfg.loss.kl_coef:
-                recomputed = self._score(self.params, b) * b["loss_mask"]
+                recomputed = self.updater.score(params, b["tokens"], b["attention_mask"])[0] * b["loss_mask"]
                 gaps.append(jnp.abs(recomputed - b["old_logprobs"]).sum() / jnp.maximum(b["loss_mask"].sum(), 1.0))
                 if t.old_logprobs == "recompute":
                     b["old_logprobs"] = recomputed
             if cfg.loss.kl_coef:
-                b["ref_logprobs"] = self._score(self.ref_params, b)
+                b["ref_logprobs"] = self.updater.score(self.ref_params, b["tokens"], b["attention_mask"])[0]
             batches.append(b)
         return batches, gaps
 
-    def rl_step(self) -> tuple[dict[str, Any], list[dict]]:
+    def step(self, state: TrainState, loss_scale: jax.Array, updates_done: int) -> dict[str, Any]:
         """Rollout of this process's prompts, rewards, advantages and the updates of one step →
-        (metrics over all processes, dump records: process 0 only)."""
-        cfg, t = self.cfg, self.cfg.train
+        metrics over all processes (process 0 also dumps the step's trajectories)."""
+        cfg = self.config
         t0 = time.perf_counter()
         batch_idx = self.loader.next_batch()  # the whole step's prompts (the same on every process)
         local_idx = batch_idx[self.share]
         epoch = self.loader.epoch_float()
-        self.engine.update_params(local_copy(self.params, self.rollout_mesh, self.mcfg.jnp_dtype))
-        result = self.engine.run([self.prompts[i] for i in local_idx], seed=t.seed * 1_000_003 + self.step,
+        result = self._rollout(state, [self.prompts[i] for i in local_idx])
+        t_rollout = time.perf_counter() - t0
+        trajs = result.trajectories
+        rewards = score_trajectories(trajs, [self.examples[i] for i in local_idx], cfg.reward)
+        seq_adv, tok_adv, weights = advantages(trajs, np.asarray([r.score for r in rewards], np.float32),
+                                               cfg.algorithm)
+        t_reward = time.perf_counter() - t0 - t_rollout
+        batches, gaps = self.policy_batches(state.params, trajs, tok_adv, weights)
+        gathered = gather_rollout(result, rewards, seq_adv, self.share.start, cfg.data.prompts_per_step)
+        metrics: dict[str, Any] = dict(gathered.stats)
+        metrics.update(reward_metrics(gathered.rewards, gathered.trajectories))
+        metrics["epoch"] = epoch
+        t1 = time.perf_counter()
+        metrics.update(self._update(state, batches, gaps, loss_scale))
+        metrics.update({"time/rollout_s": t_rollout, "time/reward_s": t_reward,
+                        "time/update_s": time.perf_counter() - t1, "time/step_s": time.perf_counter() - t0})
+        self._dump(state.step + 1, batch_idx, gathered)
+        return metrics
+
+    def _rollout(self, state: TrainState, prompts: list[list[int]]):
+        """This process's prompts rolled out with the current policy (seeded by (seed, step))."""
+        self.engine.update_params(local_copy(state.params, self.rollout_mesh, state.mcfg.jnp_dtype))
+        result = self.engine.run(prompts, seed=self.config.train.seed * 1_000_003 + state.step,
                                  prompt_offset=self.share.start)
         self._drop_rollout_copy(self.engine)
-        trajs = result.trajectories
-        t_rollout = time.perf_counter() - t0
-        rewards = score_trajectories(trajs, [self.examples[i] for i in local_idx], cfg.reward)
-        scores = np.asarray([r.score for r in rewards], np.float32)
-        seq_adv, tok_adv, weights = advantages(trajs, scores, cfg.algorithm)
-        t_reward = time.perf_counter() - t0 - t_rollout
-        batches, gaps = self.policy_batches(trajs, tok_adv, weights)
-        step = gather_rollout(result, rewards, seq_adv, self.share.start, cfg.data.prompts_per_step)
-        metrics: dict[str, Any] = dict(step.stats)
-        metrics.update(reward_metrics(step.rewards, step.trajectories))
-        metrics["epoch"] = epoch
+        return result
 
-        t1 = time.perf_counter()
-        nan = t.debug_nan_step and t.debug_nan_step <= self.step + 1 < t.debug_nan_step + t.debug_nan_count
-        scale = jnp.float32(np.nan if nan else 1.0)
-        upd: list[dict] = []
-        for _ in range(t.ppo_epochs):
+    def _update(self, state: TrainState, batches: list[dict], gaps: list[jax.Array], loss_scale) -> dict[str, Any]:
+        """``train.ppo_epochs`` passes of updates over the mini-batches, back to back; their
+        metrics (and the log-prob gaps) are fetched once, after the last."""
+        upd = []
+        for _ in range(self.config.train.ppo_epochs):
             for b in batches:
-                self.params, self.opt_state, m = update(
-                    self.params, self.opt_state, make_policy_batch(**b), scale, graphdef=self.graphdef,
-                    optimizer=self.optimizer, loss_cfg=cfg.loss, temperature=cfg.rollout.temperature,
-                    num_micro=self.num_micro, vocab_size=self.vocab_size, logits_chunk=t.logits_chunk)
-                upd.append(jax.device_get(m))
-        t_update = time.perf_counter() - t1
-        for k in upd[0]:
-            metrics[f"update/{k}"] = float(np.mean([u[k] for u in upd]))
-        metrics["update/approx_kl_first"] = float(upd[0]["approx_kl"])  # the sampler–trainer gap at the start
-        skipped = any(int(u["skipped"]) for u in upd)
-        metrics["skipped"] = int(skipped)
+                state.params, state.opt_state, m = self.updater.apply(state.params, state.opt_state,
+                                                                      make_policy_batch(**b), loss_scale)
+                upd.append(m)
+        upd, gaps = jax.device_get((upd, gaps))
+        out = {f"update/{k}": float(np.mean([u[k] for u in upd])) for k in upd[0]}
+        out["update/approx_kl_first"] = float(upd[0]["approx_kl"])  # the sampler–trainer gap at the start
+        out["skipped"] = int(any(int(u["skipped"]) for u in upd))
         if gaps:
-            metrics["logprob_gap/sampler_vs_trainer"] = float(np.mean(jax.device_get(gaps)))
-        metrics.update({"time/rollout_s": t_rollout, "time/reward_s": t_reward, "time/update_s": t_update,
-                        "time/step_s": time.perf_counter() - t0})
-        if not is_main_process():
-            return metrics, []
-        examples = [self.examples[i] for i in batch_idx]
-        records = [trajectory_record(tr, step=self.step + 1, reward=float(np.float32(r.score)), advantage=float(a),
-                                     prompt_text=examples[tr.prompt_index].question,
-                                     extra={"reward_reason": r.reason, "example_id": examples[tr.prompt_index].id})
-                   for tr, r, a in zip(step.trajectories, step.rewards, step.advantages)]
-        return metrics, records
+            out["logprob_gap/sampler_vs_trainer"] = float(np.mean(gaps))
+        return out
 
-    def validate(self) -> dict[str, float]:
+    def _dump(self, step: int, batch_idx, gathered: StepRollout) -> None:
+        """Process 0: the step's trajectories with their rewards and advantages (``rollouts/``)."""
+        if not self.dumps.active:
+            return
+        examples = [self.examples[i] for i in batch_idx]
+        self.dumps.write(step, [
+            trajectory_record(tr, step=step, reward=float(np.float32(r.score)), advantage=float(a),
+                              prompt_text=examples[tr.prompt_index].question,
+                              extra={"reward_reason": r.reason, "example_id": examples[tr.prompt_index].id})
+            for tr, r, a in zip(gathered.trajectories, gathered.rewards, gathered.advantages)])
+
+    # -------------------------------------------------------------- validation
+    def validation_due(self, step: int) -> bool:
+        t = self.config.train
+        due = t.val_before_train if step == 0 else bool(t.val_every) and step % t.val_every == 0
+        return due and bool(self.val_examples)
+
+    def validate(self, state: TrainState) -> dict[str, float]:
         """Greedy rollouts (no branching) on the validation prompts: reward and accuracy. Each
         process rolls out a contiguous share of them; the metrics are over all."""
-        if not self.val_examples:
-            return {}
-        r, n, i = self.cfg.rollout, jax.process_count(), jax.process_index()
-        num = len(self.val_examples)
+        n, i, num = jax.process_count(), jax.process_index(), len(self.val_examples)
         share = slice(i * num // n, (i + 1) * num // n)
-        params = local_copy(self.params, self.rollout_mesh, self.mcfg.jnp_dtype)
+        params = local_copy(state.params, self.rollout_mesh, state.mcfg.jnp_dtype)
         if self.val_engine is None:
-            vcfg = RolloutConfig(policy="trajectory", total_rollouts=1, greedy=True,
-                                 max_response_tokens=r.max_response_tokens, max_prompt_tokens=r.max_prompt_tokens,
-                                 max_tool_calls=r.max_tool_calls, tool_limit_action=r.tool_limit_action,
-                                 chunk_size=r.chunk_size, num_slots=max(min(share.stop - share.start, 64), 1))
-            self.val_engine = RolloutEngine(nnx.merge(self.graphdef, params), self.tokenizer, self.dispatcher, vcfg,
-                                            protocol=self.cfg.tools.protocol, mesh=self.rollout_mesh,
-                                            seed=self.cfg.train.seed)
-            self.val_prompts = encode_examples(self.tokenizer, self.val_examples, self.cfg.data.template_kwargs)
+            vcfg = validation_rollout(self.config.rollout, max(min(share.stop - share.start, 64), 1))
+            self.val_engine = RolloutEngine(nnx.merge(state.graphdef, params), self.tokenizer, self.dispatcher, vcfg,
+                                            protocol=self.config.tools.protocol, mesh=self.rollout_mesh,
+                                            seed=self.config.train.seed)
+            self.val_prompts = encode_examples(self.tokenizer, self.val_examples, self.config.data.template_kwargs)
         self.val_engine.update_params(params)
         res = self.val_engine.run(self.val_prompts[share], seed=0, prompt_offset=share.start)
         del params
         self._drop_rollout_copy(self.val_engine)
-        rewards = score_trajectories(res.trajectories, self.val_examples[share], self.cfg.reward)
-        step = gather_rollout(res, rewards, np.zeros(len(rewards), np.float32), share.start, num)
-        m = reward_metrics(step.rewards, step.trajectories)
+        rewards = score_trajectories(res.trajectories, self.val_examples[share], self.config.reward)
+        gathered = gather_rollout(res, rewards, np.zeros(len(rewards), np.float32), share.start, num)
+        m = reward_metrics(gathered.rewards, gathered.trajectories)
         out = {f"val/{k.split('/', 1)[1]}": v for k, v in m.items()}
-        out["val/tool_calls_per_traj"] = step.stats["rollout/tool_calls_per_traj"]
-        out["val/response_length"] = step.stats["rollout/response_length"]
+        out["val/tool_calls_per_traj"] = gathered.stats["rollout/tool_calls_per_traj"]
+        out["val/response_length"] = gathered.stats["rollout/response_length"]
         return out
 
-    # -------------------------------------------------------------------- loop
-    def run(self) -> dict[str, Any]:
-        cfg, t = self.cfg, self.cfg.train
-        self.init_or_restore()
-        log = MetricsLogger(self.out_dir, total_steps=self.total_steps, start_step=self.step, jsonl=cfg.logging.jsonl,
-                            tensorboard=cfg.logging.tensorboard, progress=cfg.logging.progress,
-                            wandb=cfg.logging.wandb, wandb_project=cfg.logging.wandb_project,
-                            run_name=cfg.logging.run_name, config=to_dict(cfg))
-        if self.step:
-            log.message(f"resumed from step {self.step} of {self.ckpt.directory} (data epoch "
-                        f"{self.loader.position.epoch}, batch {self.loader.position.index})")
-        else:
-            n = jax.process_count()
-            hosts = f" ({n} processes × {cfg.data.prompts_per_step // n})" if n > 1 else ""
-            log.message(f"RL ({cfg.rollout.policy}, advantage {cfg.algorithm.advantage}): {len(self.examples)} "
-                        f"prompts, {cfg.data.prompts_per_step} per step{hosts} × M={cfg.rollout.total_rollouts}, "
-                        f"{self.total_steps} steps; tools: {', '.join(self.dispatcher.describe())}")
-        log.message(self.sandbox["line"])
-        exported: list[str] = []
-        status, last = "finished", {}
-        try:
-            with PreemptionHandler() as preempt:
-                if t.val_before_train and self.step == 0 and self.val_examples:
-                    log.log(0, self.validate())
-                while self.step < self.total_steps:
-                    metrics, records = self.rl_step()
-                    self.step += 1
-                    self.guard.update(bool(metrics["skipped"]))
-                    metrics["skipped_total"] = self.guard.total
-                    metrics["tools/python_sandbox_rlimit"] = float(self.sandbox["mode"] == "rlimit")
-                    if t.val_every and self.step % t.val_every == 0:
-                        metrics.update(self.validate())
-                    self.dumps.write(self.step, records)
-                    last = metrics
-                    log.log(self.step, metrics)
-                    if metrics["skipped"]:
-                        log.message(f"step {self.step}: non-finite loss or gradient, update skipped "
-                                    f"({self.guard.consecutive} in a row, {self.guard.total} in all)")
-                    if self.guard.tripped:
-                        self.save(wait=True)
-                        msg = self.guard.message(self.step, self.ckpt.directory)
-                        log.message(msg)
-                        _write_status(self.out_dir, {"status": "diverged", "step": self.step, "message": msg,
-                                                     "python_sandbox": self.sandbox["mode"]})
-                        raise TrainingDiverged(msg)
-                    if t.save_every and self.step % t.save_every == 0:
-                        self.save()
-                    if t.export_every and self.step % t.export_every == 0:
-                        exported.append(self.export(f"step_{self.step}"))
-                    if t.debug_step_sleep:
-                        time.sleep(t.debug_step_sleep)
-                    if preempt.requested and self.step < self.total_steps:
-                        log.message(f"{preempt.signal_name} received: writing a final checkpoint at step {self.step} "
-                                    f"and stopping (resume with train.resume=auto)")
-                        status = "preempted"
-                        break
-            self.save(wait=True)
-            if status == "finished" and t.export_at_end:
-                exported.append(self.export("final"))
-                log.message(f"exported HF checkpoint to {exported[-1]}")
-        finally:
-            log.close()
-            self.ckpt.close()
-            self.dispatcher.close()
-        keys = ("reward/mean", "reward/accuracy", "rollout/tool_calls_per_traj", "rollout/branches_per_prompt",
-                "update/loss", "val/accuracy")
-        summary = to_python({"status": status, "step": self.step, "total_steps": self.total_steps,
-                             "skipped_total": self.guard.total, "checkpoint_dir": self.ckpt.directory,
-                             "python_sandbox": self.sandbox["mode"],
-                             "exported": [e for e in exported if e], **{k: last.get(k) for k in keys if k in last}})
-        _write_status(self.out_dir, summary)
-        return summary
+    # --------------------------------------------------------------------- end
+    def export_sample(self) -> str:
+        return self.tokenizer.decode(self.prompts[0])
+
+    def summary(self, last: dict[str, Any]) -> dict[str, Any]:
+        return {k: last.get(k) for k in SUMMARY_KEYS if k in last}
+
+    def close(self) -> None:
+        self.dispatcher.close()
 
 
 def run_train(cfg: RLConfig) -> dict[str, Any]:

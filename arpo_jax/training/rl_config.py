@@ -1,9 +1,10 @@
 """``RLConfig``: the typed config of ``arpo-jax train`` (see ``configs/*.yaml``).
 
-Sections: ``model`` (checkpoint or random init, mesh), ``data`` (prompts), ``rollout``
-(policy and budgets, ``arpo_jax.rollout.RolloutConfig``), ``tools`` (protocol, Python, search,
-dispatcher), ``reward``, ``algorithm`` (advantages), ``loss`` (PPO), ``optimizer``, ``train``
-(loop, checkpoints, validation, safety) and ``logging``.
+Sections: ``model`` (checkpoint or random init, mesh: ``arpo_jax.models.ModelSourceConfig``),
+``data`` (prompts), ``rollout`` (policy and budgets, ``arpo_jax.rollout.RolloutConfig``),
+``tools`` (protocol, Python, search, dispatcher: ``arpo_jax.tools.ToolsConfig``), ``reward``,
+``algorithm`` (advantages), ``loss`` (PPO), ``optimizer``, ``train`` (``RLTrainConfig``: the
+loop's ``TrainConfig``, the update, validation) and ``logging``.
 """
 
 from __future__ import annotations
@@ -12,13 +13,12 @@ import dataclasses
 from typing import Any, Literal
 
 from arpo_jax.algorithms.losses import PolicyLossConfig
+from arpo_jax.models.source import ModelSourceConfig
 from arpo_jax.rewards.types import RewardConfig
 from arpo_jax.rollout.config import RolloutConfig
-from arpo_jax.tools.config import DispatcherConfig, ProtocolConfig, PythonToolConfig, SearchConfig
-from arpo_jax.training.sft_config import SFTLoggingConfig, SFTModelConfig
+from arpo_jax.tools.config import ToolsConfig
+from arpo_jax.training.loop_config import LoggingConfig, TrainConfig
 from arpo_jax.training.update import OptimizerConfig
-
-ModelSourceConfig = SFTModelConfig  # model.path / model.preset / model.config / mesh: shared with SFT
 
 ADVANTAGES = ("grpo", "arpo_soft", "arpo_hard", "reinforce_pp")
 
@@ -56,16 +56,6 @@ class RLDataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ToolsConfig:
-    """The agent's tools (``arpo_jax.tools``)."""
-
-    protocol: ProtocolConfig = dataclasses.field(default_factory=ProtocolConfig)
-    python: PythonToolConfig = dataclasses.field(default_factory=PythonToolConfig)
-    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
-    dispatcher: DispatcherConfig = dataclasses.field(default_factory=DispatcherConfig)
-
-
-@dataclasses.dataclass(frozen=True)
 class AlgorithmConfig:
     """Advantage estimation.
 
@@ -83,9 +73,9 @@ class AlgorithmConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class RLTrainConfig:
-    """Loop, checkpoint, validation and safety settings. A step = one rollout batch and its
-    updates; steps count from 1.
+class RLTrainConfig(TrainConfig):
+    """``TrainConfig`` (the loop: steps, checkpoints, exports, safety) and the RL update's and
+    validation's settings. A step = one rollout batch and its updates.
 
     steps: total RL steps (0: ``epochs`` passes over the training prompts).
     mini_batches: optimizer updates per step (the batch's prompts split into this many
@@ -94,50 +84,27 @@ class RLTrainConfig:
       gradients are accumulated exactly.
     old_logprobs: "sampler" (the log-probs recorded while sampling) or "recompute" (a forward
       pass of the policy before the update, as verl); the gap is a metric either way.
-    logits_chunk: compute log-probs over time chunks of this many tokens (0 = all at once) so
-      [B, T, V] logits are never materialised for long sequences.
+    logits_chunk: log-probs over time chunks of this many tokens, so [B, T, V] logits are never
+      materialised for long sequences.
     pad_len: pad every update batch to this many tokens (e.g. max prompt + max response), so
       the update compiles once (0: power-of-two length buckets, one compilation per bucket).
     val_every: greedy validation (no branching) every n steps (0 = never); val_before_train.
-    save_every / export_every: intervals in steps (0 = never); final ones are always written.
-    max_consecutive_skips, debug_nan_step/count, debug_step_sleep, preempt_exit_code: as SFT.
+    dump_rollouts: write every step's trajectories to ``<out_dir>/rollouts``.
     """
 
-    steps: int = 0
-    epochs: int = 1
     mini_batches: int = 1
     ppo_epochs: int = 1
     micro_batch_size: int = 0
     old_logprobs: Literal["sampler", "recompute"] = "sampler"
-    logits_chunk: int = 0
     pad_len: int = 0
-    seed: int = 0
-    out_dir: str = "runs/train"
-    checkpoint_dir: str = ""
-    resume: str | int = "auto"
-    keep: int = 3
-    save_every: int = 10
-    async_checkpoint: bool = True
     val_every: int = 0
     val_before_train: bool = False
-    export_every: int = 0
-    export_dir: str = ""
-    export_at_end: bool = True
-    export_dtype: str | None = None
     dump_rollouts: bool = True
-    max_consecutive_skips: int = 5
-    preempt_exit_code: int = 0
-    debug_nan_step: int = 0
-    debug_nan_count: int = 1
-    debug_step_sleep: float = 0.0
 
     def __post_init__(self):
-        if self.steps < 0 or (self.epochs < 1 and not self.steps):
-            raise ValueError("train.steps must be >= 0 and train.epochs >= 1 when steps is 0")
+        super().__post_init__()
         if self.pad_len < 0:
             raise ValueError("train.pad_len must be >= 0")
-        if self.logits_chunk < 0:
-            raise ValueError(f"train.logits_chunk must be >= 0, got {self.logits_chunk}")
         if self.mini_batches < 1 or self.ppo_epochs < 1 or self.micro_batch_size < 0:
             raise ValueError("train.mini_batches and train.ppo_epochs must be >= 1, micro_batch_size >= 0")
 
@@ -155,4 +122,4 @@ class RLConfig:
     loss: PolicyLossConfig = dataclasses.field(default_factory=PolicyLossConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     train: RLTrainConfig = dataclasses.field(default_factory=RLTrainConfig)
-    logging: SFTLoggingConfig = dataclasses.field(default_factory=lambda: SFTLoggingConfig(run_name="train"))
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)

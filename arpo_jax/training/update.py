@@ -5,12 +5,15 @@ and per-token arrays aligned with ``tokens``: index t describes token t, predict
 tokens[:t]. ``update`` splits the batch into micro-batches, accumulates the gradient of the
 global token mean exactly (``(loss_sum, denominator)``), clips, applies AdamW and skips the
 step (parameters and optimizer state unchanged) when the loss or gradient is not finite.
+``PolicyUpdater`` binds its static settings (graph, optimizer, loss, temperature, micro-batches,
+vocabulary, logits chunk): what the RL loop applies and scores with.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -222,31 +225,33 @@ def cached_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     return make_optimizer(cfg)
 
 
-class PolicyTrainer:
-    """Holds (graphdef, params, optimizer state) and applies ``update``; params stay sharded."""
+@dataclasses.dataclass(frozen=True)
+class PolicyUpdater:
+    """The RL policy update with its static settings: ``apply`` one optimizer step of ``update``
+    and ``score`` tokens (``score_tokens``) with the same graph, vocabulary mask, temperature,
+    micro-batching and logits chunking. Holds no state: params and optimizer state are passed
+    in and returned (the training loop owns them)."""
 
-    def __init__(self, model, opt_cfg: OptimizerConfig, loss_cfg: PolicyLossConfig = PolicyLossConfig(),
-                 *, temperature: float = 1.0, num_micro: int = 1, vocab_size: int | None = None,
-                 logits_chunk: int = 0):
-        self.graphdef, self.params = nnx.split(model)
-        self.optimizer = cached_optimizer(opt_cfg)
-        self.opt_state = self.optimizer.init(self.params)
-        self.loss_cfg, self.temperature, self.num_micro = loss_cfg, temperature, num_micro
-        self.vocab_size, self.logits_chunk = vocab_size, logits_chunk
+    graphdef: Any
+    optimizer: optax.GradientTransformation
+    loss_cfg: PolicyLossConfig = PolicyLossConfig()
+    temperature: float = 1.0
+    num_micro: int = 1
+    vocab_size: int | None = None
+    logits_chunk: int = 0
 
-    def step(self, batch: PolicyBatch, loss_scale=None) -> dict:
-        self.params, self.opt_state, metrics = update(
-            self.params, self.opt_state, batch, loss_scale, graphdef=self.graphdef, optimizer=self.optimizer,
-            loss_cfg=self.loss_cfg, temperature=self.temperature, num_micro=self.num_micro,
-            vocab_size=self.vocab_size, logits_chunk=self.logits_chunk)
-        return metrics
+    def init(self, params):
+        """A fresh optimizer state for ``params``."""
+        return self.optimizer.init(params)
 
-    def score(self, tokens, attention_mask) -> tuple[jax.Array, jax.Array]:
-        """(log-probs, entropies) [B, T] of ``tokens`` under the current policy."""
-        return score_tokens(self.params, tokens, attention_mask, graphdef=self.graphdef, temperature=self.temperature,
-                            vocab_size=self.vocab_size, logits_chunk=self.logits_chunk)
+    def apply(self, params, opt_state, batch: PolicyBatch, loss_scale=None):
+        """One step of ``update`` → (params, opt_state, metrics on device); ``params`` and
+        ``opt_state`` are donated."""
+        return update(params, opt_state, batch, loss_scale, graphdef=self.graphdef, optimizer=self.optimizer,
+                      loss_cfg=self.loss_cfg, temperature=self.temperature, num_micro=self.num_micro,
+                      vocab_size=self.vocab_size, logits_chunk=self.logits_chunk)
 
-    @property
-    def model(self):
-        """The current policy as an NNX module (shares the trainer's arrays)."""
-        return nnx.merge(self.graphdef, self.params)
+    def score(self, params, tokens, attention_mask) -> tuple[jax.Array, jax.Array]:
+        """(log-probs, entropies) [B, T] of ``tokens`` under ``params``, micro-batch by micro-batch."""
+        return score_tokens(params, tokens, attention_mask, graphdef=self.graphdef, temperature=self.temperature,
+                            vocab_size=self.vocab_size, logits_chunk=self.logits_chunk, num_micro=self.num_micro)

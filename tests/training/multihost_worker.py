@@ -21,11 +21,12 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1 --xla_backen
 import jax  # noqa: E402
 import jax.experimental.multihost_utils  # noqa: E402,F401
 import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from arpo_jax.models import create_model, get_preset, make_mesh  # noqa: E402
 from arpo_jax.training.distributed import global_batch, initialize_from_env, process_rows  # noqa: E402
-from arpo_jax.training.update import OptimizerConfig, PolicyTrainer, make_policy_batch  # noqa: E402
+from arpo_jax.training.update import OptimizerConfig, PolicyUpdater, cached_optimizer, make_policy_batch  # noqa: E402
 
 CFG = get_preset("qwen3-0.6b", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
                  num_heads=4, num_kv_heads=2, head_dim=8)
@@ -51,9 +52,13 @@ def update_steps(out_path):
     local = {k: v[rows] for k, v in full.items()}
     with jax.set_mesh(mesh):
         arrays = global_batch(local, NamedSharding(mesh, P(("data", "fsdp"))))
-        trainer = PolicyTrainer(model, OptimizerConfig(lr=1e-3, weight_decay=0.0))
-        losses = [float(trainer.step(make_policy_batch(**arrays))["loss"]) for _ in range(2)]
-    embed = np.asarray(jax.experimental.multihost_utils.process_allgather(trainer.params["embed"][...], tiled=True))
+        graphdef, params = nnx.split(model)
+        updater = PolicyUpdater(graphdef, cached_optimizer(OptimizerConfig(lr=1e-3, weight_decay=0.0)))
+        opt_state, losses = updater.init(params), []
+        for _ in range(2):
+            params, opt_state, m = updater.apply(params, opt_state, make_policy_batch(**arrays))
+            losses.append(float(m["loss"]))
+    embed = np.asarray(jax.experimental.multihost_utils.process_allgather(params["embed"][...], tiled=True))
     if jax.process_index() == 0:
         with open(out_path, "w") as f:
             json.dump({"losses": losses, "embed_sum": float(np.abs(embed).sum()), "processes": jax.process_count(),
@@ -64,6 +69,7 @@ def rl_run(out_path, config_path):
     from arpo_jax.config import load_config
     from arpo_jax.rollout import RolloutEngine
     from arpo_jax.training import rl
+    from arpo_jax.training import update as update_module
     from arpo_jax.training.rl_config import RLConfig
 
     initialize_from_env()
@@ -76,13 +82,13 @@ def rl_run(out_path, config_path):
         engines.append(self)
         return run(self, prompts, **kw)
 
-    update = rl.update
+    update = update_module.update  # what the RL loop's PolicyUpdater.apply calls
 
     def recording_update(*a, **kw):  # does a rollout engine still hold weights during the update?
         held.append(any(e.sampler.params is not None for e in engines))
         return update(*a, **kw)
 
-    RolloutEngine.run, rl.update = recording_run, recording_update
+    RolloutEngine.run, update_module.update = recording_run, recording_update
     summary = rl.run_train(load_config(RLConfig, config_path))
     with open(f"{out_path}.{jax.process_index()}", "w") as f:
         json.dump({"summary": summary, "calls": calls, "processes": jax.process_count(),

@@ -111,7 +111,8 @@ def test_qwen25_7b_on_v5p8_fits_with_256_slots_not_with_2048():
     p = plan(_paper("arpo_qwen2.5_7b_reasoning.yaml"), PlanOptions(devices=4, device="v5p"))
     assert p.fits and p.mesh == dict(data=1, fsdp=4, tensor=1)
     assert 70 * GiB < p.peak < 85.5 * GiB and p.peak == p.phases["rollout"] and p.shapes["logits_chunk"] == 1024
-    unchunked = plan(_paper("arpo_qwen2.5_7b_reasoning.yaml", "train.logits_chunk=0"), PlanOptions(devices=4, device="v5p"))
+    unchunked = plan(_paper("arpo_qwen2.5_7b_reasoning.yaml", "train.logits_chunk=0"),
+                     PlanOptions(devices=4, device="v5p"))
     # [1, 5632, 152064] logits and their softmax temporaries per chip: the shipped chunk saves ~8.5 GiB
     assert 8 * GiB < unchunked.items["activations"] - p.items["activations"] < 9 * GiB
     assert unchunked.peak == unchunked.phases["update"] > p.peak

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
@@ -158,3 +157,18 @@ def test_config_errors_are_one_line_and_name_the_key(setup, tmp_path):
         assert r.returncode == 2, r.stderr[-2000:]
         last = r.stderr.strip().splitlines()
         assert len(last) == 1 and needle in last[0], r.stderr
+
+
+def test_validation_rollout_keeps_the_training_budgets():
+    """Greedy validation derives its rollout config from the training one (capacity and
+    determinism included): one trajectory per prompt, no branching."""
+    from arpo_jax.rollout import RolloutConfig
+    from arpo_jax.training.rl import validation_rollout
+
+    train = RolloutConfig(policy="arpo", total_rollouts=4, initial_rollouts=2, capacity=300, deterministic=False,
+                          max_response_tokens=40, max_prompt_tokens=64, chunk_size=8, max_tool_calls=2,
+                          tool_limit_action="stop", num_slots=8)
+    v = validation_rollout(train, 5)
+    assert (v.policy, v.total_rollouts, v.greedy, v.num_slots) == ("trajectory", 1, True, 5)
+    assert (v.capacity, v.deterministic, v.max_response_tokens, v.max_prompt_tokens, v.chunk_size,
+            v.max_tool_calls, v.tool_limit_action) == (300, False, 40, 64, 8, 2, "stop")

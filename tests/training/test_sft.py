@@ -8,9 +8,11 @@ import pytest
 from arpo_jax.config import load_config
 from arpo_jax.models import ModelConfig, make_mesh
 from arpo_jax.training.checkpoint import Checkpointer
-from arpo_jax.training.sft import SFTConfig, abstract_train_state, run_sft
-from arpo_jax.training.update import cached_optimizer
+from arpo_jax.training.sft import run_sft
+from arpo_jax.training.sft_config import SFTConfig
 from arpo_jax.training.signals import TrainingDiverged
+from arpo_jax.training.state import abstract_train_state
+from arpo_jax.training.update import cached_optimizer
 
 from .sft_tiny import build_tokenizer, sft_yaml, write_sharegpt
 
@@ -53,7 +55,8 @@ def test_loss_decreases_and_the_export_loads_in_transformers(tiny, capsys):
 
     held_out = write_sharegpt(tiny / "held_out.jsonl", 6, seed=99)
     cfg, summary = _run(tiny, "learn", ["train.steps=24", "train.export_at_end=true", "logging.tensorboard=true",
-                                        f"data.eval_files=[{held_out}]", "train.eval_every=12", "train.export_every=12"])
+                                        f"data.eval_files=[{held_out}]", "train.eval_every=12",
+                                        "train.export_every=12"])
     rows = _metrics(tiny / "learn")
     losses = [m["loss"] for m in rows]
     assert summary["status"] == "finished" and summary["step"] == 24 and len(losses) == 24
@@ -173,7 +176,8 @@ def test_sft_micro_batches_stay_on_their_devices_and_match_one_batch():
             kw = dict(graphdef=graphdef, optimizer=opt, num_micro=k)
             if k == 2:
                 hlo = sft_step.lower(params, opt.init(params), batch, jnp.float32(1), **kw).compile().as_text()
-                collectives = set(re.findall(r"all-to-all|collective-permute|all-gather|reduce-scatter|all-reduce", hlo))
+                kinds = r"all-to-all|collective-permute|all-gather|reduce-scatter|all-reduce"
+                collectives = set(re.findall(kinds, hlo))
                 assert collectives == {"all-reduce"}, collectives
             p = jax.tree.map(jnp.copy, params)
             new_params, _, metrics = sft_step(p, opt.init(p), batch, jnp.float32(1), **kw)
@@ -214,7 +218,8 @@ def test_chunked_sft_loss_equals_the_full_one_and_negative_chunks_are_refused():
     for chunk in (5, 4):  # T - 1 = 12: 5 leaves a padded last chunk
         out, g = run(chunk)
         np.testing.assert_allclose(float(out.loss_sum), float(full.loss_sum), rtol=1e-6)
-        assert float(out.stats["correct"]) == float(full.stats["correct"]) and float(out.denominator) == loss_mask[:, 1:].sum()
+        assert float(out.stats["correct"]) == float(full.stats["correct"])
+        assert float(out.denominator) == loss_mask[:, 1:].sum()
         for a, b in zip(g, g_full):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="train.logits_chunk must be >= 0, got -1"):

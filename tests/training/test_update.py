@@ -8,7 +8,7 @@ from flax import nnx
 
 from arpo_jax.algorithms.losses import PolicyLossConfig
 from arpo_jax.models import create_model, get_preset
-from arpo_jax.training.update import (OptimizerConfig, PolicyTrainer, make_policy_batch,
+from arpo_jax.training.update import (OptimizerConfig, PolicyUpdater, cached_optimizer, make_policy_batch,
                                       policy_loss_fn, score_tokens, sequence_logprobs)
 from arpo_jax.algorithms.accumulation import accumulate_gradients, split_micro_batches
 
@@ -57,35 +57,48 @@ def test_micro_batched_gradients_equal_full_batch():
     assert float(o1.denominator) == float(o4.denominator) == float(np.sum(np.asarray(batch.loss_mask)))
 
 
+def _updater(model, opt_cfg: OptimizerConfig, **kw):
+    """(the RL loop's PolicyUpdater, params, a fresh optimizer state) for ``model``."""
+    graphdef, params = nnx.split(model)
+    updater = PolicyUpdater(graphdef, cached_optimizer(opt_cfg), **kw)
+    return updater, params, updater.init(params)
+
+
 def test_repeated_steps_lower_the_loss_and_change_the_policy():
     model = create_model(CFG, seed=2)
     batch = _batch(model, seed=3)
-    trainer = PolicyTrainer(model, OptimizerConfig(lr=3e-3, weight_decay=0.0), num_micro=2)
-    before = np.asarray(trainer.model(batch.tokens))
-    losses = [float(trainer.step(batch)["loss"]) for _ in range(8)]
+    before = np.asarray(model(batch.tokens))
+    updater, params, opt_state = _updater(model, OptimizerConfig(lr=3e-3, weight_decay=0.0), num_micro=2)
+    losses = []
+    for _ in range(8):
+        params, opt_state, m = updater.apply(params, opt_state, batch)
+        losses.append(float(m["loss"]))
     assert losses[-1] < losses[0] - 1e-3, losses
-    assert np.abs(np.asarray(trainer.model(batch.tokens)) - before).max() > 1e-3
+    assert np.abs(np.asarray(nnx.merge(updater.graphdef, params)(batch.tokens)) - before).max() > 1e-3
+    lp, _ = updater.score(params, batch.tokens, batch.attention_mask)  # micro-batched, as the RL loop scores
+    ref, _ = sequence_logprobs(nnx.merge(updater.graphdef, params), batch.tokens, batch.attention_mask)
+    np.testing.assert_allclose(np.asarray(lp), np.asarray(ref), atol=1e-5)
 
 
 def test_non_finite_loss_skips_the_step():
     model = create_model(CFG, seed=4)
     batch = _batch(model, seed=5)
-    trainer = PolicyTrainer(model, OptimizerConfig(lr=1e-2))
-    params_before = jax.tree.map(np.asarray, trainer.params)
+    updater, params, opt_state = _updater(model, OptimizerConfig(lr=1e-2))
+    params_before = jax.tree.map(np.asarray, params)
     bad = make_policy_batch(batch.tokens, batch.attention_mask, batch.loss_mask, batch.old_logprobs,
                             batch.advantages.at[0, 8].set(jnp.nan))
-    metrics = trainer.step(bad)
+    params, opt_state, metrics = updater.apply(params, opt_state, bad)
     assert int(metrics["skipped"]) == 1
-    for a, b in zip(jax.tree.leaves(params_before), jax.tree.leaves(trainer.params)):
+    for a, b in zip(jax.tree.leaves(params_before), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, np.asarray(b))
-    assert int(trainer.step(batch)["skipped"]) == 0
+    assert int(updater.apply(params, opt_state, batch)[2]["skipped"]) == 0
 
 
 def test_batch_not_divisible_is_clear():
     model = create_model(CFG, seed=0)
-    trainer = PolicyTrainer(model, OptimizerConfig(), num_micro=3)
+    updater, params, opt_state = _updater(model, OptimizerConfig(), num_micro=3)
     with pytest.raises(ValueError, match="does not split into 3 micro-batches"):
-        trainer.step(_batch(model))
+        updater.apply(params, opt_state, _batch(model))
 
 
 def test_chunked_logprobs_and_vocab_mask_match_full_computation():
