@@ -220,16 +220,9 @@ def policy_loss(
     old_logprobs = jax.lax.stop_gradient(old_logprobs)
     advantages = jax.lax.stop_gradient(advantages)
     pg_loss, clipped, dual_clipped, ratio = ppo_clipped_token_loss(
-        logprobs,
-        old_logprobs,
-        advantages,
-        clip_eps_low=config.clip_eps_low,
-        clip_eps_high=config.clip_eps_high,
-        dual_clip_c=config.dual_clip_c,
-        log_ratio_clamp=config.log_ratio_clamp,
-    )
+        logprobs, old_logprobs, advantages, clip_eps_low=config.clip_eps_low, clip_eps_high=config.clip_eps_high,
+        dual_clip_c=config.dual_clip_c, log_ratio_clamp=config.log_ratio_clamp)
     token_loss = pg_loss
-
     def agg(x):
         return aggregate_loss(x, eff_mask, config.loss_agg_mode, config.token_sum_norm)
 

@@ -151,6 +151,20 @@ def _load(cls, path: Path):
     return load_config(cls, path)
 
 
+def _final_eval_and_plots(out: Path, paths: dict, rl_model: str, size: DemoSize) -> tuple[dict, dict]:
+    """Held-out evaluation of the RL model, the training plot and the entropy-around-tools plots."""
+    from arpo_jax.eval.entropy import analyze_entropy
+    from arpo_jax.eval.runner import EvalConfig, run_eval
+
+    after = run_eval(_load(EvalConfig, _write(out / "configs" / "eval_rl.yaml",
+                                              eval_config(paths, rl_model, out / "eval_rl", size))))
+    plots = {"training": str(plot_training(out / "rl" / "metrics.jsonl", out / "rl_reward_tools.png"))}
+    ent = analyze_entropy([out / "rl" / "rollouts"], out / "entropy_rl")
+    plots.update({f"entropy_rl_{k}": str(v) for k, v in ent["files"].items()})
+    plots.update({k: v for k, v in after["files"].items() if k.startswith("entropy_")})
+    return after, plots
+
+
 def run_phases(out: Path, *, quick: bool = False, seed: int = 0) -> dict[str, Any]:
     """The whole demo; returns the summary (also written to ``OUT/summary.json``)."""
     from arpo_jax.demo.data import prepare_demo_data
@@ -164,40 +178,29 @@ def run_phases(out: Path, *, quick: bool = False, seed: int = 0) -> dict[str, An
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    print(f"[1/5] data: synthetic tasks, corpus, tokenizer, SFT traces -> {out / 'data'}", flush=True)
-    paths = prepare_demo_data(out / "data", seed=seed, quick=quick, n_train=size.n_train, n_heldout=size.n_heldout)
-    times["data_s"] = time.perf_counter() - t0
 
-    print("[2/5] cold-start SFT (arpo-jax sft)", flush=True)
-    t = time.perf_counter()
-    sft = run_sft(_load(SFTConfig, _write(out / "configs" / "sft.yaml", sft_config(paths, out, size, seed))))
+    def phase(key: str, label: str, fn):
+        print(label, flush=True)
+        t = time.perf_counter()
+        result = fn()
+        times[key] = time.perf_counter() - t
+        return result
+
+    paths = phase("data_s", f"[1/5] data: synthetic tasks, corpus, tokenizer, SFT traces -> {out / 'data'}",
+                  lambda: prepare_demo_data(out / "data", seed=seed, quick=quick, n_train=size.n_train,
+                                            n_heldout=size.n_heldout))
+    sft = phase("sft_s", "[2/5] cold-start SFT (arpo-jax sft)", lambda: run_sft(
+        _load(SFTConfig, _write(out / "configs" / "sft.yaml", sft_config(paths, out, size, seed)))))
     sft_model = sft["exported"][-1]
-    times["sft_s"] = time.perf_counter() - t
-
-    print("[3/5] held-out evaluation after SFT (arpo-jax eval)", flush=True)
-    t = time.perf_counter()
-    before = run_eval(_load(EvalConfig, _write(out / "configs" / "eval_sft.yaml",
-                                               eval_config(paths, sft_model, out / "eval_sft", size))))
-    times["eval_sft_s"] = time.perf_counter() - t
-
-    print("[4/5] ARPO RL with the sandboxed tools (arpo-jax train)", flush=True)
-    t = time.perf_counter()
-    rl = run_train(_load(RLConfig, _write(out / "configs" / "arpo.yaml",
-                                          rl_config(paths, sft_model, out / "rl", size, "arpo", seed))))
+    before = phase("eval_sft_s", "[3/5] held-out evaluation after SFT (arpo-jax eval)", lambda: run_eval(
+        _load(EvalConfig, _write(out / "configs" / "eval_sft.yaml", eval_config(paths, sft_model, out / "eval_sft",
+                                                                                size)))))
+    rl = phase("rl_s", "[4/5] ARPO RL with the sandboxed tools (arpo-jax train)", lambda: run_train(
+        _load(RLConfig, _write(out / "configs" / "arpo.yaml", rl_config(paths, sft_model, out / "rl", size, "arpo",
+                                                                          seed)))))
     rl_model = rl["exported"][-1]
-    times["rl_s"] = time.perf_counter() - t
-
-    print("[5/5] held-out evaluation after RL, plots", flush=True)
-    t = time.perf_counter()
-    after = run_eval(_load(EvalConfig, _write(out / "configs" / "eval_rl.yaml",
-                                              eval_config(paths, rl_model, out / "eval_rl", size))))
-    plots = {"training": str(plot_training(out / "rl" / "metrics.jsonl", out / "rl_reward_tools.png"))}
-    from arpo_jax.eval.entropy import analyze_entropy
-
-    ent = analyze_entropy([out / "rl" / "rollouts"], out / "entropy_rl")
-    plots.update({f"entropy_rl_{k}": str(v) for k, v in ent["files"].items()})
-    plots.update({k: v for k, v in after["files"].items() if k.startswith("entropy_")})
-    times["eval_rl_s"] = time.perf_counter() - t
+    after, plots = phase("eval_rl_s", "[5/5] held-out evaluation after RL, plots",
+                         lambda: _final_eval_and_plots(out, paths, rl_model, size))
     times["total_s"] = time.perf_counter() - t0
 
     rows = [json.loads(x) for x in (out / "rl" / "metrics.jsonl").read_text().splitlines() if x.strip()]
