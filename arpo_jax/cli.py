@@ -105,7 +105,13 @@ def cmd_demo(args) -> int:
         return 0
     from arpo_jax.demo.run import run_phases
 
-    run_phases(Path(args.out), quick=args.quick, seed=args.seed)
+    from arpo_jax.config import ConfigError, parse_overrides
+
+    python = parse_overrides(args.overrides).get("tools", {}).get("python", {})
+    unknown = [o for o in args.overrides if not o.startswith("tools.python.")]
+    if unknown:
+        raise ConfigError(f"demo takes only tools.python.* overrides, not {unknown[0]!r}")
+    run_phases(Path(args.out), quick=args.quick, seed=args.seed, python=python)
     return 0
 
 
@@ -215,6 +221,8 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds per method with --compare")
     p.add_argument("--results", default="docs/results.md", help="Markdown written by --compare")
     p.add_argument("--walkthrough", action="store_true", help="the model/checkpoint walkthrough instead")
+    p.add_argument("overrides", nargs="*", help="tools.python.* overrides for every phase, e.g. "
+                   "tools.python.sandbox=rlimit (the explicit weaker fallback; docs/sandbox.md)")
     p.set_defaults(func=cmd_demo)
     for name, func, help_, example, override in (
             ("train", cmd_train, "RL training: GRPO or ARPO rollouts with tools, optax update", "see configs/",

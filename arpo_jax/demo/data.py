@@ -62,7 +62,7 @@ def irregular_names(tokenizer, world: T.World) -> list[str]:
 
 def prepare_demo_data(out_dir: str | Path, seed: int = 0, quick: bool = False, *, n_train: int | None = None,
                       n_heldout: int | None = None, mix: TraceMix | None = None, vocab_size: int = 1024,
-                      dispatcher=None) -> dict:
+                      dispatcher=None, python=None) -> dict:
     """Generates corpus, tokenizer, SFT traces and train/held-out prompt files under ``out_dir``.
 
     Args:
@@ -72,6 +72,7 @@ def prepare_demo_data(out_dir: str | Path, seed: int = 0, quick: bool = False, *
         n_train / n_heldout: override the sizes (train prompts = SFT traces).
         mix: imperfect-trace shares (``TraceMix()`` by default).
         vocab_size: BPE vocabulary size.
+        python: the ``PythonToolConfig`` of the default dispatcher (default: bubblewrap).
         dispatcher: a ``ToolDispatcher`` to run the calls with (default: sandboxed Python and
             the demo's BM25 search); it must be configured as RL's will be.
 
@@ -96,7 +97,7 @@ def prepare_demo_data(out_dir: str | Path, seed: int = 0, quick: bool = False, *
     paths["heldout_prompts"] = list(T.write_prompt_files(heldout, out / "prompts" / "heldout").values())
     own = dispatcher is None
     if own:
-        dispatcher = ToolDispatcher.from_configs(PythonToolConfig(), search_config(paths))
+        dispatcher = ToolDispatcher.from_configs(python or PythonToolConfig(), search_config(paths))
     try:
         rows = make_traces(train, dispatcher, seed=seed, mix=mix)
     finally:

@@ -70,8 +70,8 @@ def sft_config(paths: dict, out: Path, size: DemoSize, seed: int) -> dict:
     return base
 
 
-def tools_config(paths: dict) -> dict:
-    return {"protocol": {"tools": ["python", "search"]}, "python": {"timeout_s": 10},
+def tools_config(paths: dict, python: dict | None = None) -> dict:
+    return {"protocol": {"tools": ["python", "search"]}, "python": {"timeout_s": 10, **(python or {})},
             "search": {**paths["search"], "corpus_path": paths["corpus"], "index_dir": paths["index_dir"]}}
 
 
@@ -81,13 +81,14 @@ def rollout_config(size: DemoSize, policy: str) -> dict:
             "entropy_tokens": 10, "paper_decision": "stochastic"}
 
 
-def rl_config(paths: dict, model: str, out: Path, size: DemoSize, policy: str, seed: int) -> dict:
+def rl_config(paths: dict, model: str, out: Path, size: DemoSize, policy: str, seed: int,
+              python: dict | None = None) -> dict:
     return {
         "model": {"path": model, "mesh": [1, 1, 1]},
         "data": {"train_files": paths["train_prompts"], "prompts_per_step": size.prompts_per_step,
                  "system_prompt": T.SYSTEM_PROMPT},
         "rollout": rollout_config(size, policy),
-        "tools": tools_config(paths),
+        "tools": tools_config(paths, python),
         "reward": {"by_source": REWARDS},
         "algorithm": {"advantage": "arpo_soft" if policy != "trajectory" else "grpo"},
         "optimizer": {"lr": 1.0e-3, "grad_clip": 1.0},
@@ -98,13 +99,13 @@ def rl_config(paths: dict, model: str, out: Path, size: DemoSize, policy: str, s
     }
 
 
-def eval_config(paths: dict, model: str, out: Path, size: DemoSize) -> dict:
+def eval_config(paths: dict, model: str, out: Path, size: DemoSize, python: dict | None = None) -> dict:
     return {
         "model": {"path": model, "mesh": [1, 1, 1]},
         "data": {"files": paths["heldout_prompts"], "samples": 1, "system_prompt": T.SYSTEM_PROMPT},
         "rollout": {**rollout_config(size, "trajectory"), "greedy": True, "total_rollouts": 1,
                     "initial_rollouts": 1},
-        "tools": tools_config(paths),
+        "tools": tools_config(paths, python),
         "reward": {"by_source": REWARDS},
         "correct_by": "auto",
         "batch_prompts": 32,
@@ -151,13 +152,13 @@ def _load(cls, path: Path):
     return load_config(cls, path)
 
 
-def _final_eval_and_plots(out: Path, paths: dict, rl_model: str, size: DemoSize) -> tuple[dict, dict]:
+def _final_eval_and_plots(out: Path, paths: dict, rl_model: str, size: DemoSize, python: dict) -> tuple[dict, dict]:
     """Held-out evaluation of the RL model, the training plot and the entropy-around-tools plots."""
     from arpo_jax.eval.entropy import analyze_entropy
     from arpo_jax.eval.runner import EvalConfig, run_eval
 
     after = run_eval(_load(EvalConfig, _write(out / "configs" / "eval_rl.yaml",
-                                              eval_config(paths, rl_model, out / "eval_rl", size))))
+                                              eval_config(paths, rl_model, out / "eval_rl", size, python))))
     plots = {"training": str(plot_training(out / "rl" / "metrics.jsonl", out / "rl_reward_tools.png"))}
     ent = analyze_entropy([out / "rl" / "rollouts"], out / "entropy_rl")
     plots.update({f"entropy_rl_{k}": str(v) for k, v in ent["files"].items()})
@@ -165,8 +166,12 @@ def _final_eval_and_plots(out: Path, paths: dict, rl_model: str, size: DemoSize)
     return after, plots
 
 
-def run_phases(out: Path, *, quick: bool = False, seed: int = 0) -> dict[str, Any]:
-    """The whole demo; returns the summary (also written to ``OUT/summary.json``)."""
+def run_phases(out: Path, *, quick: bool = False, seed: int = 0, python: dict | None = None) -> dict[str, Any]:
+    """The whole demo; returns the summary (also written to ``OUT/summary.json``). ``python``:
+    ``tools.python`` settings for every phase (e.g. ``{"sandbox": "rlimit"}``, the explicit opt-in)."""
+    from arpo_jax.config import from_dict
+    from arpo_jax.tools import PythonToolConfig
+
     from arpo_jax.demo.data import prepare_demo_data
     from arpo_jax.eval.runner import EvalConfig, run_eval
     from arpo_jax.training.rl import run_train
@@ -175,6 +180,8 @@ def run_phases(out: Path, *, quick: bool = False, seed: int = 0) -> dict[str, An
     from arpo_jax.training.sft_config import SFTConfig
 
     size = SIZES["quick" if quick else "default"]
+    python = dict(python or {})
+    tool_cfg = from_dict(PythonToolConfig, python, "tools.python.") if python else None  # None: the default
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -188,19 +195,19 @@ def run_phases(out: Path, *, quick: bool = False, seed: int = 0) -> dict[str, An
 
     paths = phase("data_s", f"[1/5] data: synthetic tasks, corpus, tokenizer, SFT traces -> {out / 'data'}",
                   lambda: prepare_demo_data(out / "data", seed=seed, quick=quick, n_train=size.n_train,
-                                            n_heldout=size.n_heldout))
+                                            n_heldout=size.n_heldout, python=tool_cfg))
     sft = phase("sft_s", "[2/5] cold-start SFT (arpo-jax sft)", lambda: run_sft(
         _load(SFTConfig, _write(out / "configs" / "sft.yaml", sft_config(paths, out, size, seed)))))
     sft_model = sft["exported"][-1]
     before = phase("eval_sft_s", "[3/5] held-out evaluation after SFT (arpo-jax eval)", lambda: run_eval(
         _load(EvalConfig, _write(out / "configs" / "eval_sft.yaml", eval_config(paths, sft_model, out / "eval_sft",
-                                                                                size)))))
+                                                                                size, python)))))
     rl = phase("rl_s", "[4/5] ARPO RL with the sandboxed tools (arpo-jax train)", lambda: run_train(
         _load(RLConfig, _write(out / "configs" / "arpo.yaml", rl_config(paths, sft_model, out / "rl", size, "arpo",
-                                                                          seed)))))
+                                                                          seed, python)))))
     rl_model = rl["exported"][-1]
     after, plots = phase("eval_rl_s", "[5/5] held-out evaluation after RL, plots",
-                         lambda: _final_eval_and_plots(out, paths, rl_model, size))
+                         lambda: _final_eval_and_plots(out, paths, rl_model, size, python))
     times["total_s"] = time.perf_counter() - t0
 
     rows = [json.loads(x) for x in (out / "rl" / "metrics.jsonl").read_text().splitlines() if x.strip()]

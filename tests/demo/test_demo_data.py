@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -245,3 +246,22 @@ def test_compare_table_reports_mean_std_and_gain_over_sft():
     assert rows["GRPO (trajectory rollouts)"][2] == f"0.10 ± {np.std([0, .1, .2], ddof=1):.2f}"
     assert rows["after SFT (one checkpoint)"][1:4] == ["0.100", "0.00", "0.20"]
     assert "total 12 s" in md and "ARPO 0.400, 0.500, 0.450" in md
+
+
+def test_demo_passes_python_tool_settings_to_every_phase():
+    """``arpo-jax demo tools.python.sandbox=rlimit`` is the demo's explicit opt-in to the fallback."""
+    import subprocess
+    import sys
+
+    from arpo_jax.demo.run import SIZES, eval_config, rl_config
+
+    paths = {"train_prompts": ["t.jsonl"], "heldout_prompts": ["h.jsonl"], "search": {}, "corpus": "c.jsonl",
+             "index_dir": "i"}
+    python = {"sandbox": "rlimit", "python_executable": "/usr/bin/python3"}
+    for cfg in (rl_config(paths, "m", Path("o"), SIZES["quick"], "arpo", 0, python),
+                eval_config(paths, "m", Path("o"), SIZES["quick"], python)):
+        assert cfg["tools"]["python"] == {"timeout_s": 10, **python}
+    assert rl_config(paths, "m", Path("o"), SIZES["quick"], "arpo", 0)["tools"]["python"] == {"timeout_s": 10}
+    r = subprocess.run([sys.executable, "-m", "arpo_jax.cli", "demo", "train.steps=3"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "only tools.python.* overrides" in r.stderr
