@@ -8,14 +8,12 @@ despite its name; a JSON array is accepted too.
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .prompts import arpo_system_prompt, build_messages
-from .records import DataError, Example, as_answers, check_unique_ids, collect
+from .records import BadJson, DataError, Example, as_answers, check_unique_ids, collect, read_json_rows
 
 EVAL_FILES: dict[str, str] = {
     "aime24": "eval/aime24/test.jsonl",
@@ -84,7 +82,7 @@ def read_eval_jsonl(
     def parse(i: int, row: Any) -> Example:
         return _parse_row(i, row, str(path), name, prompt, ability)
 
-    examples = collect(_rows(path), parse, path=str(path), lenient=lenient, errors=errors)
+    examples = collect(read_json_rows(path, lenient=True), parse, path=str(path), lenient=lenient, errors=errors)
     check_unique_ids(examples, str(path))
     return examples
 
@@ -107,33 +105,8 @@ def read_all_eval(root: str | Path | None = None, **kwargs: Any) -> dict[str, li
     }
 
 
-def _rows(path: Path) -> Iterable[tuple[int, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(str(path), None, "<file>", f"cannot read: {e}") from None
-    if text.lstrip().startswith("["):
-        try:
-            return list(enumerate(json.loads(text)))
-        except json.JSONDecodeError as e:
-            raise DataError(str(path), None, "<json>", f"invalid JSON array ({e.msg})") from None
-    rows: list[tuple[int, Any]] = []
-    for i, line in enumerate(text.splitlines()):
-        if line.strip():
-            try:
-                rows.append((i, json.loads(line)))
-            except json.JSONDecodeError as e:
-                rows.append((i, _BadJson(f"invalid JSON ({e.msg} at char {e.pos})")))
-    return rows
-
-
-class _BadJson:
-    def __init__(self, problem: str):
-        self.problem = problem
-
-
 def _parse_row(i: int, row: Any, path: str, name: str, prompt: str | None, ability: str) -> Example:
-    if isinstance(row, _BadJson):
+    if isinstance(row, BadJson):
         raise DataError(path, i, "<json>", row.problem)
     if not isinstance(row, dict):
         raise DataError(path, i, "<row>", f"expected a JSON object, got {type(row).__name__}")

@@ -145,3 +145,41 @@ def check_unique_ids(examples: Sequence[Example], path: str) -> None:
         if ex.id in seen:
             raise DataError(path, None, "id", f"duplicate id {ex.id!r} (examples {seen[ex.id]} and {i})")
         seen[ex.id] = i
+
+
+class BadJson:
+    """A row of a JSON Lines file that is not valid JSON (kept by ``read_json_rows(lenient=True)``)."""
+
+    def __init__(self, problem: str):
+        self.problem = problem
+
+
+def read_json_rows(path, lenient: bool = False) -> list[tuple[int, Any]]:
+    """(line index, parsed row) of a JSON array file or a JSON Lines file (blank lines skipped).
+
+    An unreadable file or an invalid array raises ``DataError``; an invalid line raises too,
+    unless ``lenient``, where it is returned as a ``BadJson`` row for the caller to report.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(str(path), None, "<file>", f"cannot read: {e}") from None
+    if text.lstrip().startswith("["):
+        try:
+            return list(enumerate(json.loads(text)))
+        except json.JSONDecodeError as e:
+            raise DataError(str(path), None, "<json>", f"invalid JSON array ({e.msg} at char {e.pos})") from None
+    rows: list[tuple[int, Any]] = []
+    for i, line in enumerate(text.splitlines()):
+        if line.strip():
+            try:
+                rows.append((i, json.loads(line)))
+            except json.JSONDecodeError as e:
+                problem = f"invalid JSON ({e.msg} at char {e.pos})"
+                if not lenient:
+                    raise DataError(str(path), i, "<json>", problem) from None
+                rows.append((i, BadJson(problem)))
+    return rows

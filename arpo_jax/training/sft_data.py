@@ -26,7 +26,6 @@ of a JSONL file), like every reader in ``arpo_jax.data``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import re
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from arpo_jax.data.records import DataError
+from arpo_jax.data.records import DataError, read_json_rows
 
 logger = logging.getLogger(__name__)
 
@@ -67,26 +66,6 @@ class SFTExample:
 
 
 # ------------------------------------------------------------------------------ reading
-def _rows(path: Path) -> list[tuple[int, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(str(path), None, "<file>", f"cannot read: {e}") from None
-    if text.lstrip().startswith("["):
-        try:
-            return list(enumerate(json.loads(text)))
-        except json.JSONDecodeError as e:
-            raise DataError(str(path), None, "<json>", f"invalid JSON array ({e.msg} at char {e.pos})") from None
-    rows = []
-    for i, line in enumerate(text.splitlines()):
-        if line.strip():
-            try:
-                rows.append((i, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(str(path), i, "<json>", f"invalid JSON ({e.msg} at char {e.pos})") from None
-    return rows
-
-
 def _str_field(d: Any, key: str, path: str, row: int, field: str) -> str:
     if not isinstance(d, dict) or not isinstance(d.get(key), str):
         got = d.get(key) if isinstance(d, dict) else d
@@ -156,7 +135,7 @@ def read_sft_file(path: str | Path, fmt: str = "auto", *, lenient: bool = False)
     if not path.is_file():
         raise FileNotFoundError(f"SFT data file {str(path)!r} does not exist")
     out, bad = [], []
-    for i, row in _rows(path):
+    for i, row in read_json_rows(path):
         try:
             out.append(parse_row(row, str(path), i, fmt))
         except DataError as e:
