@@ -93,17 +93,17 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """The built-in demo (see arpo_jax/demo/run.py): data → SFT → eval → ARPO → eval."""
+    """The built-in demo (see arpo_jax/apps/demo/run.py): data → SFT → eval → ARPO → eval."""
     if args.walkthrough:
-        from arpo_jax.demo.walkthrough import run
+        from arpo_jax.apps.demo.walkthrough import run
 
         return 0 if run(Path(args.out))["ok"] else 1
     if args.compare:
-        from arpo_jax.demo.compare import run_compare
+        from arpo_jax.apps.demo.compare import run_compare
 
         run_compare(Path(args.out), seeds=args.seeds, quick=args.quick, results_md=args.results)
         return 0
-    from arpo_jax.demo.run import run_phases
+    from arpo_jax.apps.demo.run import run_phases
 
     from arpo_jax.config import ConfigError, parse_overrides
 
@@ -190,12 +190,12 @@ def cmd_tools_check(args) -> int:
 
 def cmd_plan(args) -> int:
     """Per-device memory plan of an RL config; exit 1 when it does not fit."""
-    from arpo_jax.training.plan import run_plan_command
+    from arpo_jax.apps.plan import run_plan_command
 
     return run_plan_command(args)
 
 
-BENCHES = {"sampler": "arpo_jax.sampling.bench"}
+BENCHES = {"sampler": "arpo_jax.apps.sampler_bench"}
 
 
 def _add_checkpoint_commands(sub) -> None:

@@ -22,7 +22,7 @@ ALLOWED = {
     "rollout": {"algorithms", "sampling", "tools", "models"},
     "eval": {"data", "models", "rewards", "rollout", "sampling", "tools"},
     "training": {"algorithms", "data", "models", "rewards", "rollout", "sampling", "tools"},
-    "demo": {"data", "eval", "models", "rewards", "rollout", "sampling", "tools", "training"},
+    "apps": {"data", "eval", "models", "rewards", "rollout", "sampling", "tools", "training"},
 }
 
 

@@ -1,2 +1,3 @@
 """Training: the one loop of SFT and RL (``loop``), their steps (``sft``, ``rl``), the optax
-policy update, orbax checkpoints, logging, multi-host helpers and the memory planner."""
+policy update, orbax checkpoints, logging and multi-host helpers (the memory planner is an
+application: ``arpo_jax.apps.plan``)."""

@@ -45,7 +45,7 @@ from arpo_jax.training.metrics_log import RolloutDumpWriter
 from arpo_jax.training.rl_batch import (StepRollout, advantages, gather_rollout, minibatch_groups, policy_arrays,
                                         reward_metrics, score_trajectories)
 from arpo_jax.training.rl_config import RLConfig
-from arpo_jax.training.rl_data import PromptLoader, encode_examples, read_prompts
+from arpo_jax.data.rl_data import PromptLoader, encode_examples, read_prompts
 from arpo_jax.training.state import TrainState
 from arpo_jax.training.update import PolicyUpdater, cached_optimizer, make_policy_batch
 

@@ -27,8 +27,8 @@ from arpo_jax.models.sharding import rows_sharding
 from arpo_jax.training.distributed import global_batch, process_rows
 from arpo_jax.training.loop import TrainTask
 from arpo_jax.training.sft_config import SFTConfig
-from arpo_jax.training.sft_data import load_sft_examples
-from arpo_jax.training.sft_loader import SFTLoader
+from arpo_jax.data.sft_data import load_sft_examples
+from arpo_jax.data.sft_loader import SFTLoader
 from arpo_jax.training.state import TrainState
 from arpo_jax.training.update import OptimizerConfig, apply_if_finite, cached_optimizer, lr_schedule, map_time_chunks
 

@@ -11,13 +11,13 @@ from typing import Any, Literal
 
 from arpo_jax.models.source import ModelSourceConfig
 from arpo_jax.training.loop_config import LoggingConfig, TrainConfig
-from arpo_jax.training.sft_data import DEFAULT_RESULT_PATTERN
+from arpo_jax.data.sft_data import DEFAULT_RESULT_PATTERN
 from arpo_jax.training.update import OptimizerConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class SFTDataConfig:
-    """Training data (see ``arpo_jax.training.sft_data`` for the formats).
+    """Training data (see ``arpo_jax.data.sft_data`` for the formats).
 
     bucket_window: length bucketing: sort by length within windows of this many batches.
     min_bucket: rows are padded to min_bucket * 2**k (capped at train.max_len); 0 = max_len.

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from arpo_jax.demo import tasks as T
-from arpo_jax.demo.data import prepare_demo_data, search_config
-from arpo_jax.demo.tokenizer import EOS_TOKEN, SPECIAL_TOKENS, TOOL_TAGS, check_tokenizer, eos_ids
-from arpo_jax.demo.traces import response_text
+from arpo_jax.apps.demo import tasks as T
+from arpo_jax.apps.demo.data import prepare_demo_data, search_config
+from arpo_jax.apps.demo.tokenizer import EOS_TOKEN, SPECIAL_TOKENS, TOOL_TAGS, check_tokenizer, eos_ids
+from arpo_jax.apps.demo.traces import response_text
 
 NUM = re.compile(r"\d+")
 
@@ -124,8 +124,8 @@ def test_tokenizer(demo, tok):
 
 def test_fixed_shapes(demo, tok):
     """Every name is one token per syllable, every number of a kind has the same digit count,
-    so what the agent copies is always at the same distance (see ``arpo_jax.demo.tasks``)."""
-    from arpo_jax.demo.data import irregular_names
+    so what the agent copies is always at the same distance (see ``arpo_jax.apps.demo.tasks``)."""
+    from arpo_jax.apps.demo.data import irregular_names
 
     paths, rows = demo
     assert irregular_names(tok, T.build_world(3)) == []
@@ -153,7 +153,7 @@ def test_chat_template(tok):
 
 
 def test_sft_encoding_masks_tool_results(demo, tok):
-    from arpo_jax.training.sft_data import load_sft_examples
+    from arpo_jax.data.sft_data import load_sft_examples
 
     paths, rows = demo
     examples, counts = load_sft_examples([paths["sft_traces"]], tok, max_len=512)
@@ -209,7 +209,7 @@ def test_tokenizer_reloads_identically_beside_a_qwen2_config(demo, tok, tmp_path
 
 
 def test_compare_section_replaces_only_its_block(tmp_path):
-    from arpo_jax.demo.compare import END, START, write_section
+    from arpo_jax.apps.demo.compare import END, START, write_section
 
     f = tmp_path / "results.md"
     write_section(f, "## first")
@@ -224,7 +224,7 @@ def test_compare_section_replaces_only_its_block(tmp_path):
 def test_compare_table_reports_mean_std_and_gain_over_sft():
     import numpy as np
 
-    from arpo_jax.demo.compare import render_markdown
+    from arpo_jax.apps.demo.compare import render_markdown
 
     def run(seed, acc, arith):
         return {"seed": seed, "accuracy": acc, "per_set": {"arith": arith, "fact": 0.25},
@@ -253,7 +253,7 @@ def test_demo_passes_python_tool_settings_to_every_phase():
     import subprocess
     import sys
 
-    from arpo_jax.demo.run import SIZES, eval_config, rl_config
+    from arpo_jax.apps.demo.run import SIZES, eval_config, rl_config
 
     paths = {"train_prompts": ["t.jsonl"], "heldout_prompts": ["h.jsonl"], "search": {}, "corpus": "c.jsonl",
              "index_dir": "i"}

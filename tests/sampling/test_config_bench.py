@@ -43,7 +43,7 @@ def test_truncate_top_k_top_p():
 
 
 def test_benchmark_smoke(tmp_path):
-    from arpo_jax.sampling import bench
+    from arpo_jax.apps import sampler_bench as bench
 
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)

@@ -10,7 +10,7 @@ import pytest
 from arpo_jax.models import ModelSourceConfig, make_mesh
 from arpo_jax.training.loop import TrainTask
 from arpo_jax.training.loop_config import LoggingConfig, TrainConfig
-from arpo_jax.training.rl_data import PromptLoader
+from arpo_jax.data.rl_data import PromptLoader
 from arpo_jax.training.signals import TrainingDiverged
 from arpo_jax.training.update import OptimizerConfig, cached_optimizer
 

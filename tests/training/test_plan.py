@@ -14,7 +14,7 @@ from arpo_jax.config import from_dict, load_config
 from arpo_jax.models import Transformer, create_model, make_mesh
 from arpo_jax.models.sharding import rows_sharding, state_shardings
 from arpo_jax.sampling.state import init_state, state_shardings as sampler_shardings
-from arpo_jax.training.plan import GiB, PlanOptions, plan, resolve_model_config
+from arpo_jax.apps.plan import GiB, PlanOptions, plan, resolve_model_config
 from arpo_jax.training.rl_config import RLConfig
 from arpo_jax.training.update import PolicyBatch, make_optimizer, update
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from arpo_jax.data.records import DataError
-from arpo_jax.training.sft_data import SFTExample, encode_records, load_sft_examples, parse_row, read_sft_file
-from arpo_jax.training.sft_loader import LoaderPosition, SFTLoader, bucket_lengths
+from arpo_jax.data.sft_data import SFTExample, encode_records, load_sft_examples, parse_row, read_sft_file
+from arpo_jax.data.sft_loader import LoaderPosition, SFTLoader, bucket_lengths
 
 from .sft_tiny import SYSTEM, build_tokenizer, trace_texts, write_sharegpt
 

@@ -5,7 +5,7 @@ Phases (each one a real command of the project, run in-process from configs writ
 
 1. data — synthetic tasks that need the tools (arithmetic → Python, facts about generated
    entities → BM25 search over a generated corpus, multi-hop → both), a BPE tokenizer with the
-   tool tags, SFT traces made with the real tools (``arpo_jax.demo.data``);
+   tool tags, SFT traces made with the real tools (``arpo_jax.apps.demo.data``);
 2. sft — cold start of a tiny Qwen-architecture model from scratch (``arpo-jax sft``);
 3. eval before RL — greedy agent loop on the held-out split (``arpo-jax eval``);
 4. rl — ARPO with the real sandboxed tools (``arpo-jax train``);
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from arpo_jax.demo import tasks as T
+from arpo_jax.apps.demo import tasks as T
 
 REWARDS = {"arith": "math", "fact": "qa_em", "multihop": "math"}
 MAX_PROMPT, MAX_RESPONSE = 64, 128  # demo prompts are ~35 tokens, the longest traces ~90
@@ -58,8 +58,8 @@ def _write(path: Path, cfg: dict) -> Path:
 
 
 def sft_config(paths: dict, out: Path, size: DemoSize, seed: int) -> dict:
-    base = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "demo" / "sft.yaml").read_text()) \
-        if (Path(__file__).resolve().parents[2] / "configs" / "demo" / "sft.yaml").is_file() else None
+    base = yaml.safe_load((Path(__file__).resolve().parents[3] / "configs" / "demo" / "sft.yaml").read_text()) \
+        if (Path(__file__).resolve().parents[3] / "configs" / "demo" / "sft.yaml").is_file() else None
     if base is None:
         raise FileNotFoundError("configs/demo/sft.yaml not found next to the package")
     base["model"]["tokenizer"] = paths["tokenizer"]
@@ -172,7 +172,7 @@ def run_phases(out: Path, *, quick: bool = False, seed: int = 0, python: dict | 
     from arpo_jax.config import from_dict
     from arpo_jax.tools import PythonToolConfig
 
-    from arpo_jax.demo.data import prepare_demo_data
+    from arpo_jax.apps.demo.data import prepare_demo_data
     from arpo_jax.eval.runner import EvalConfig, run_eval
     from arpo_jax.training.rl import run_train
     from arpo_jax.training.rl_config import RLConfig

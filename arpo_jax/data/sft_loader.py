@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from arpo_jax.training.sft_data import SFTExample
+from arpo_jax.data.sft_data import SFTExample
 
 
 @dataclasses.dataclass(frozen=True)

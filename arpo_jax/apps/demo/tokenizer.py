@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from arpo_jax.demo.tasks import SYSTEM_PROMPT
+from arpo_jax.apps.demo.tasks import SYSTEM_PROMPT
 
 TOOL_TAGS = ("<think>", "</think>", "<python>", "</python>", "<search>", "</search>",
              "<result>", "</result>", "<answer>", "</answer>")

@@ -1,4 +1,4 @@
-"""The byte counts behind ``arpo-jax plan`` (``training.plan``; its docstring states the formulas).
+"""The byte counts behind ``arpo-jax plan`` (``apps.plan``; its docstring states the formulas).
 
 ``resolve_model_config`` finds the ``ModelConfig`` a run would use, ``abstract_mesh`` the mesh
 it would run on (no devices needed), and ``Estimate`` computes every per-device component for

@@ -1,6 +1,6 @@
 """Cold-start SFT traces for the demo tasks, with tool results produced by the real tools.
 
-Each trace is a row in the project's SFT ``trace`` format (``arpo_jax.training.sft_data``)::
+Each trace is a row in the project's SFT ``trace`` format (``arpo_jax.data.sft_data``)::
 
     {"id", "prompt": [system, user], "response_segments": [{"text", "kind": "model"|"tool"}],
      "eos": true, "kind", "style", "correct"}
@@ -28,7 +28,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from arpo_jax.demo.tasks import SYSTEM_PROMPT, Task, prompt_messages
+from arpo_jax.apps.demo.tasks import SYSTEM_PROMPT, Task, prompt_messages
 
 THINK_TOOL = {"arith": "Use python.", "fact": "Use search.", "multihop": "Use search."}
 THINK_GUESS = "Guess."

@@ -40,7 +40,7 @@ Phases: rollout = params + opt_state + reference + kv_cache + rollout_params + m
   + gathered (on the rollout's mesh);
 update = params + opt_state + reference + kv_cache + grads + activations + gathered; score.
 Peak = the largest phase; it fits when peak <= device memory × usable_fraction.
-The byte counts are computed in ``training.plan_estimate`` (``Estimate``).
+The byte counts are computed in ``apps.plan_estimate`` (``Estimate``).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from jax.sharding import AbstractMesh
 from arpo_jax.models.config import ModelConfig
 from arpo_jax.models.sharding import MESH_AXES
 from arpo_jax.training.distributed import local_mesh_shape
-from arpo_jax.training.plan_estimate import (LOGIT_BYTES, Estimate, abstract_mesh, abstract_params, param_shardings,
+from arpo_jax.apps.plan_estimate import (LOGIT_BYTES, Estimate, abstract_mesh, abstract_params, param_shardings,
                                             resolve_model_config, rows_per_device, shard_bytes)
 from arpo_jax.training.rl_config import RLConfig
 

@@ -21,9 +21,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from arpo_jax.demo import tasks as T
-from arpo_jax.demo.tokenizer import train_tokenizer
-from arpo_jax.demo.traces import TraceMix, make_traces, response_text, write_traces
+from arpo_jax.apps.demo import tasks as T
+from arpo_jax.apps.demo.tokenizer import train_tokenizer
+from arpo_jax.apps.demo.traces import TraceMix, make_traces, response_text, write_traces
 
 DEMO_SEARCH = {"backend": "bm25", "top_k": 1, "snippet_chars": 200}
 """``SearchConfig`` fields of the demo (plus ``corpus_path`` / ``index_dir`` from the manifest)."""
@@ -54,7 +54,7 @@ def tokenizer_texts(world: T.World, rows: list[dict]) -> list[str]:
 
 def irregular_names(tokenizer, world: T.World) -> list[str]:
     """Names that do not tokenize to one token per syllable after a space (empty when fine):
-    the fixed shapes the demo's tasks rely on (see ``arpo_jax.demo.tasks``)."""
+    the fixed shapes the demo's tasks rely on (see ``arpo_jax.apps.demo.tasks``)."""
     names = [p.name for s in T.SPLITS for p in world.people[s]] + [c.name for s in T.SPLITS for c in world.cities[s]]
     want = {n: sum(1 + 2 for _ in n.split()) for n in names}  # "Ġ" + two syllables per word
     return [n for n in names if len(tokenizer(" " + n, add_special_tokens=False)["input_ids"]) != want[n]]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arpo_jax.demo import run as demo
+from arpo_jax.apps.demo import run as demo
 
 
 def _mean_std(xs, digits: int = 3) -> str:
@@ -39,7 +39,7 @@ def write_section(path: Path, md: str) -> None:
 
 def run_compare(out: Path, *, seeds: int = 3, quick: bool = False, results_md: str | None = "docs/results.md") -> dict:
     """Runs data + SFT once, then GRPO and ARPO RL + held-out eval for each seed."""
-    from arpo_jax.demo.data import prepare_demo_data
+    from arpo_jax.apps.demo.data import prepare_demo_data
     from arpo_jax.eval.runner import EvalConfig, run_eval
     from arpo_jax.training.rl import run_train
     from arpo_jax.training.rl_config import RLConfig
