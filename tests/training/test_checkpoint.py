@@ -198,7 +198,9 @@ def test_legacy_steps_restore_unverified_and_read_errors_are_one_clean_line(tmp_
     assert len(lines) == 4, lines
     assert "checkpoint step 4" in lines[0] and "restoring it unverified" in lines[0]
     assert "checkpoint step 4" in lines[1] and "incomplete or corrupt (ValueError: " in lines[1]
-    assert "falling back to step 2" in lines[1] and "tensorstore_spec" not in lines[1] and len(lines[1]) < 400
+    assert "falling back to step 2" in lines[1] and "tensorstore_spec" not in lines[1]
+    # the cause is capped (short_cause: 240 characters); the directory's own length varies by machine
+    assert len(lines[1].replace(str(tmp_path / "ck"), "DIR")) < 400, lines[1]
     assert "checkpoint step 2" in lines[2] and "restoring it unverified" in lines[2]
     ck.save(6, _state(6, mesh), {}, wait=True)  # new steps are sealed; the legacy ones stay as they are
     assert checksums.verify(ck.step_dir(6), 6) == [] and not checksums.has_manifest(ck.step_dir(2))
