@@ -22,9 +22,7 @@ from .sandbox import SandboxUnavailable
 
 def _network(tool: PythonTool) -> str:
     sb = tool.sandbox
-    if sb.mode == "bwrap":
-        return "none (new network namespace)"
-    if sb.is_root:
+    if sb.mode == "bwrap" or sb.is_root:  # bwrap, or the fallback's unshare as root
         return "none (new network namespace)"
     if sb.landlock >= 4:
         return "TCP blocked by Landlock; UDP and pathname Unix sockets are not (docs/sandbox.md)"

@@ -169,8 +169,8 @@ class Sandbox:
         r = self.run("import os, sys; print('ok', os.getuid(), sys.version_info[0])", timeout_s=60)
         if r.returncode == 0 and r.stdout.startswith("ok"):
             return
-        why = _RUNNER_EXITS.get(r.returncode or 0) or r.stderr.strip().splitlines()[-1:] or [f"exit {r.returncode}"]
-        why = why if isinstance(why, str) else why[0][:300]
+        last_line = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1][:300]
+        why = _RUNNER_EXITS.get(r.returncode or 0, last_line)
         fix = BWRAP_FIX if self.mode == "bwrap" else "see docs/sandbox.md"
         raise SandboxUnavailable(f"python tool: the {self.mode} sandbox does not work here ({why}); {fix}")
 
