@@ -22,11 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from arpo_jax.models.attention import interval_mask, reference_attention
 from arpo_jax.models.config import ModelConfig
 from arpo_jax.models.sharding import ACT_BTD, ACT_LOGITS, constrain
-
-_NEG_INF = -1e30
-
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
@@ -152,14 +150,7 @@ class Attention(nnx.Module):
             k, v = k_cache.astype(dt), v_cache.astype(dt)
             cache_kv = (k_cache, v_cache)
 
-        b, t, n, h = q.shape
-        kh = cfg.num_kv_heads
-        q = q.reshape(b, t, kh, n // kh, h)  # [B, T, K, G, H]
-        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
-        scores = scores / math.sqrt(h)
-        scores = jnp.where(key_mask[:, None, None, :, :], scores, _NEG_INF)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(b, t, n, h)
+        out = reference_attention(q, k, v, key_mask)  # [B, T, N, H]
         out = jnp.einsum("BTNH,NHD->BTD", out, self.o_proj[...].astype(dt))
         if cfg.attention_bias_o:
             out = out + self.o_bias[...].astype(dt)
@@ -215,20 +206,27 @@ class Transformer(nnx.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = _normal(rngs, (cfg.hidden_size, cfg.vocab_size), pd)
 
-    def __call__(self, tokens, *, positions=None, attention_mask=None, cache: KVCache | None = None,
+    def __call__(self, tokens, *, positions=None, attention_mask=None, key_end=None, cache: KVCache | None = None,
                  num_new=None, return_hidden: bool = False):
         """tokens: int32 [B, T].
 
         Without a cache: ``attention_mask`` [B, T] (1 = real token, 0 = padding; left or right
         padding) hides padded keys; ``positions`` default to the count of real tokens before
-        each token (so left padding works as in HF ``generate``).
+        each token (so left padding works as in HF ``generate``). ``key_end`` [B, T] instead
+        gives the interval mask of ``models.attention`` (key k visible to queries
+        k <= q < key_end[b, k]: packed rows, rollout trees); ``positions`` are then required.
         With a cache: positions are ``cache.lengths[:, None] + arange(T)``; ``num_new`` [B]
         (default T) says how many of the T tokens are real for each row.
         """
         cfg = self.cfg
         b, t = tokens.shape
         inv_freq = jnp.asarray(rope_inv_freq(cfg), jnp.float32)  # compile-time constant
-        if cache is None:
+        if cache is None and key_end is not None:
+            if positions is None:
+                raise ValueError("key_end (an interval mask) needs explicit positions")
+            key_mask = interval_mask(key_end)  # [B, T, T]
+            write_index = None
+        elif cache is None:
             if attention_mask is None:
                 attention_mask = jnp.ones((b, t), jnp.int32)
             valid = attention_mask.astype(bool)
