@@ -10,7 +10,8 @@ contiguous tokens after it). With a cache the mask is a dense [B, T, S] boolean 
 the caller (decode/prefill over cache windows).
 
 ``reference_attention`` is the plain einsum with a materialised [B, K, G, T, S] score tensor:
-the definition every other implementation is tested against.
+the definition every other implementation is tested against (``attention_blockwise``,
+``attention_pallas``; ``attention_backends`` picks one from ``ModelConfig.attention_impl``).
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 # Hugging Face `architectures` / `model_type` values we can load, mapped to our family name.
 SUPPORTED_MODEL_TYPES = {"qwen2": "qwen2", "qwen3": "qwen3", "llama": "llama"}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Cores of the no-cache attention (see models.attention_backends).
+ATTENTION_IMPLS = ("reference", "blockwise", "pallas", "cudnn")
 
 
 class UnsupportedModelError(ValueError):
@@ -39,6 +41,8 @@ class ModelConfig:
     family: "qwen2" (q/k/v bias), "qwen3" (q/k RMSNorm, explicit head_dim) or "llama".
     rope_scaling: None or a dict as in HF config.json (only ``rope_type: llama3`` is used).
     param_dtype / dtype: storage and compute dtypes ("float32" or "bfloat16").
+    attention_impl: core of the no-cache attention, one of ``ATTENTION_IMPLS`` (see
+    ``models.attention_backends``); attention_block_q / _k: its query / key block sizes.
     """
 
     family: str = "qwen2"
@@ -60,6 +64,9 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: bool = False
+    attention_impl: str = "reference"
+    attention_block_q: int = 512
+    attention_block_k: int = 512
 
     def __post_init__(self):
         if self.family not in SUPPORTED_MODEL_TYPES.values():
@@ -69,6 +76,11 @@ class ModelConfig:
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"{name} must be one of {sorted(DTYPES)}, got {getattr(self, name)!r}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
+        if min(self.attention_block_q, self.attention_block_k) < 1:
+            raise ValueError(f"attention_block_q/_k must be positive, got {self.attention_block_q}, "
+                             f"{self.attention_block_k}")
         if self.rope_scaling is not None:
             kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
             if kind not in ("llama3", "default", None):

@@ -35,6 +35,8 @@ class ModelSourceConfig:
     init_seed: seed of the random initialisation.
     mesh: (data, fsdp, tensor) device mesh shape; -1 = the remaining devices.
     remat: recompute each layer's activations in the backward pass.
+    attention_impl: the no-cache attention core (``ModelConfig.attention_impl``: "reference",
+      "blockwise", "pallas", "cudnn"); None keeps the checkpoint's / preset's.
     """
 
     path: str | None = None
@@ -46,6 +48,7 @@ class ModelSourceConfig:
     init_seed: int = 0
     mesh: tuple[int, int, int] = (1, -1, 1)
     remat: bool = False
+    attention_impl: str | None = None
 
     def __post_init__(self):
         if self.path and (self.preset or self.config):
@@ -83,6 +86,8 @@ def model_config(src: ModelSourceConfig, vocab_size: int) -> ModelConfig | None:
         if getattr(src, k):
             fields[k] = getattr(src, k)
     fields["remat"] = src.remat
+    if src.attention_impl:
+        fields["attention_impl"] = src.attention_impl
     try:
         return get_preset(src.preset, **fields) if src.preset else ModelConfig(**fields)
     except TypeError as e:
@@ -94,8 +99,9 @@ def build_model(src: ModelSourceConfig, vocab_size: int, mesh: Mesh) -> tuple[Tr
     sharded on ``mesh``."""
     if src.path:
         model, mcfg = load_checkpoint(src.path, dtype=src.dtype, param_dtype=src.param_dtype, mesh=mesh)
-        if src.remat:  # only Transformer.__call__ reads cfg.remat
-            model.cfg = mcfg = mcfg.replace(remat=True)
+        if src.remat or src.attention_impl:  # only Transformer.__call__ reads these two
+            model.cfg = mcfg = mcfg.replace(remat=src.remat or mcfg.remat,
+                                            attention_impl=src.attention_impl or mcfg.attention_impl)
         return model, mcfg
     mcfg = model_config(src, vocab_size)
     if mesh.size > 1:

@@ -22,8 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from arpo_jax.models.attention import interval_mask, reference_attention
+from arpo_jax.models.attention import causal_key_end
+from arpo_jax.models.attention_backends import IntervalMask, attend, select_attention_impl
 from arpo_jax.models.config import ModelConfig
+from arpo_jax.models.paged_cache import PagedLayer
 from arpo_jax.models.sharding import ACT_BTD, ACT_LOGITS, constrain
 
 @jax.tree_util.register_dataclass
@@ -124,7 +126,8 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(h, cfg.rms_norm_eps, param_dtype=pd)
 
     def __call__(self, x, positions, inv_freq, key_mask, cache_kv=None, write_index=None):
-        """x: [B, T, D]; positions: [B, T]; key_mask: [B, T, S] bool (True = visible).
+        """x: [B, T, D]; positions: [B, T]; key_mask: [B, T, S] bool (True = visible) or, without
+        a cache, an ``IntervalMask`` (key_end [B, T] and the core that runs it).
 
         cache_kv: optional (k [B, S, K, H], v [B, S, K, H]); new keys/values are written at
         ``write_index`` [B, T] before attending. Returns (out [B, T, D], new cache_kv).
@@ -142,6 +145,10 @@ class Attention(nnx.Module):
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
 
+        if isinstance(cache_kv, PagedLayer):  # paged cache: write into pages, attend over the row's pages
+            out, cache_kv = cache_kv.update_and_attend(q, k, v)
+            out = jnp.einsum("BTNH,NHD->BTD", out, self.o_proj[...].astype(dt))
+            return (out + self.o_bias[...].astype(dt) if cfg.attention_bias_o else out), cache_kv
         if cache_kv is not None:
             k_cache, v_cache = cache_kv
             rows = jnp.arange(x.shape[0])[:, None]  # [B, 1]
@@ -150,7 +157,7 @@ class Attention(nnx.Module):
             k, v = k_cache.astype(dt), v_cache.astype(dt)
             cache_kv = (k_cache, v_cache)
 
-        out = reference_attention(q, k, v, key_mask)  # [B, T, N, H]
+        out = attend(q, k, v, key_mask)  # [B, T, N, H]
         out = jnp.einsum("BTNH,NHD->BTD", out, self.o_proj[...].astype(dt))
         if cfg.attention_bias_o:
             out = out + self.o_bias[...].astype(dt)
@@ -215,8 +222,9 @@ class Transformer(nnx.Module):
         each token (so left padding works as in HF ``generate``). ``key_end`` [B, T] instead
         gives the interval mask of ``models.attention`` (key k visible to queries
         k <= q < key_end[b, k]: packed rows, rollout trees); ``positions`` are then required.
-        With a cache: positions are ``cache.lengths[:, None] + arange(T)``; ``num_new`` [B]
-        (default T) says how many of the T tokens are real for each row.
+        With a cache (a ``KVCache`` or a ``PagedKVCache``): positions are
+        ``cache.lengths[:, None] + arange(T)``; ``num_new`` [B] (default T) says how many of
+        the T tokens are real for each row (a paged cache writes only those).
         """
         cfg = self.cfg
         b, t = tokens.shape
@@ -224,7 +232,7 @@ class Transformer(nnx.Module):
         if cache is None and key_end is not None:
             if positions is None:
                 raise ValueError("key_end (an interval mask) needs explicit positions")
-            key_mask = interval_mask(key_end)  # [B, T, T]
+            key_mask = self._interval_mask(key_end, causal_padding=False)
             write_index = None
         elif cache is None:
             if attention_mask is None:
@@ -232,20 +240,23 @@ class Transformer(nnx.Module):
             valid = attention_mask.astype(bool)
             if positions is None:
                 positions = jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
-            causal = jnp.tril(jnp.ones((t, t), bool))
-            key_mask = causal[None] & valid[:, None, :]  # [B, T, T]
+            key_mask = self._interval_mask(causal_key_end(valid), causal_padding=True)
             write_index = None
         else:
             positions = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None]  # [B, T]
-            key_index = jnp.arange(cache.capacity, dtype=jnp.int32)
-            key_mask = key_index[None, None, :] <= positions[:, :, None]  # [B, T, S]
-            write_index = positions
+            num_new = jnp.full((b,), t, jnp.int32) if num_new is None else num_new.astype(jnp.int32)
+            key_mask = write_index = None  # a paged cache's layers mask and write by position themselves
+            if isinstance(cache, KVCache):
+                key_index = jnp.arange(cache.capacity, dtype=jnp.int32)
+                key_mask = key_index[None, None, :] <= positions[:, :, None]  # [B, T, S]
+                write_index = positions
 
         x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.jnp_dtype)
         x = constrain(x, ACT_BTD)
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
-            cache_kv = None if cache is None else (cache.k[i], cache.v[i])
+            cache_kv = None if cache is None else (cache.k[i], cache.v[i]) if isinstance(cache, KVCache) else \
+                cache.layer(i, positions, num_new)
             with jax.named_scope(f"layer_{i}"):
                 if cfg.remat:
                     x, cache_kv = nnx.remat(lambda lyr, *a: lyr(*a))(layer, x, positions, inv_freq, key_mask,
@@ -263,10 +274,16 @@ class Transformer(nnx.Module):
                 out = self.logits(x)
         if cache is None:
             return out
-        if num_new is None:
-            num_new = jnp.full((b,), t, jnp.int32)
-        lengths = jnp.minimum(cache.lengths + num_new.astype(jnp.int32), cache.capacity)
-        return out, KVCache(k=tuple(new_k), v=tuple(new_v), lengths=lengths)
+        lengths = jnp.minimum(cache.lengths + num_new, cache.capacity)
+        return out, dataclasses.replace(cache, k=tuple(new_k), v=tuple(new_v), lengths=lengths)
+
+    def _interval_mask(self, key_end: jax.Array, causal_padding: bool) -> IntervalMask:
+        """The no-cache mask for every layer: key_end [B, T] with the core ``cfg.attention_impl``
+        resolves to (cuDNN only for a plain causal+padding mask on a GPU)."""
+        cfg = self.cfg
+        impl = select_attention_impl(cfg.attention_impl, causal_padding=causal_padding,
+                                     platform=jax.default_backend(), dtype=cfg.jnp_dtype)
+        return IntervalMask(key_end.astype(jnp.int32), impl, cfg.attention_block_q, cfg.attention_block_k)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Final hidden states [B, T, D] → fp32 logits [B, T, V]."""

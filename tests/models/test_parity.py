@@ -54,6 +54,22 @@ def test_left_padded_batch_matches(pair):
     np.testing.assert_allclose(ours[valid], ref[valid], atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("impl", ["blockwise"])
+def test_left_padded_batch_matches_with_attention_impl(pair, impl):
+    """The same left-padded comparison with a non-reference attention core (small blocks)."""
+    hf, _, cfg, path = pair
+    model, _ = load_hf(path, attention_impl=impl, attention_block_q=8, attention_block_k=4)
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, cfg.vocab_size, (3, 13))
+    mask = np.ones_like(ids)
+    mask[0, :4] = 0
+    mask[1, :1] = 0
+    positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
+    ours = np.asarray(model(jnp.asarray(ids, jnp.int32), attention_mask=jnp.asarray(mask)))
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(ours[valid], _hf_logits(hf, ids, mask, positions)[valid], atol=TOL, rtol=0)
+
+
 def test_right_padded_batch_matches_unpadded_rows(pair):
     hf, model, cfg, _ = pair
     rng = np.random.default_rng(2)

@@ -32,10 +32,16 @@ def test_build_model_from_a_checkpoint_or_a_random_init(tmp_path):
     mesh = make_mesh((1, 1, 1))
     _, mcfg = build_model(ModelSourceConfig(path=str(tmp_path / "hf"), remat=True, mesh=(1, 1, 1)), 999, mesh)
     assert mcfg.remat and mcfg.vocab_size == 160  # the checkpoint's vocabulary, not the tokenizer's
+    assert mcfg.attention_impl == "reference"
+    model, mcfg = build_model(ModelSourceConfig(path=str(tmp_path / "hf"), attention_impl="blockwise",
+                                                mesh=(1, 1, 1)), 999, mesh)
+    assert model.cfg.attention_impl == mcfg.attention_impl == "blockwise" and not mcfg.remat
     src = ModelSourceConfig(config=dict(family="qwen2", hidden_size=16, intermediate_size=32, num_layers=1,
-                                        num_heads=2, num_kv_heads=1, head_dim=8), tokenizer="tok", dtype="bfloat16")
+                                        num_heads=2, num_kv_heads=1, head_dim=8), tokenizer="tok", dtype="bfloat16",
+                            attention_impl="blockwise")
     model, mcfg = build_model(src, 48, mesh)
-    assert (mcfg.vocab_size, mcfg.dtype, src.tokenizer_dir) == (48, "bfloat16", "tok")
+    assert (mcfg.vocab_size, mcfg.dtype, src.tokenizer_dir, mcfg.attention_impl) == (48, "bfloat16", "tok",
+                                                                                      "blockwise")
     assert model.embed[...].shape == (48, 16)
     with pytest.raises(ValueError, match="not both"):
         ModelSourceConfig(path="x", preset="qwen2.5-0.5b")
