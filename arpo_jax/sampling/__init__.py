@@ -16,12 +16,13 @@ per slot). The rollout drives it from the host, between chunks of on-device deco
 
 Module map: ``config`` (SamplingConfig, status codes, buckets), ``processing`` (logits →
 token, log-prob, entropy), ``stops`` (on-device stop strings), ``state`` (SamplerState),
-``engine`` (pure jitted operations), ``sampler`` (the host class), ``bench``
-(``arpo-jax bench sampler``).
+``pages`` (paged KV-cache allocator, ``OutOfKVPages``), ``engine`` (pure jitted operations),
+``sampler`` (the host class), ``results`` (ChunkResult, generate), ``bench`` (``arpo-jax bench sampler``).
 """
 
 from arpo_jax.sampling.config import (BUDGET, CAPACITY, EOS, FREE, RUNNING, STATUS_NAMES, STOP_STRING,
                                       SamplingConfig, bucket)
+from arpo_jax.sampling.pages import OutOfKVPages, PageAllocator
 from arpo_jax.sampling.processing import mask_vocab, sample_tokens, top_k_top_p_filter
 from arpo_jax.sampling.sampler import ChunkResult, Sampler
 from arpo_jax.sampling.state import SamplerState, init_state
@@ -30,5 +31,5 @@ from arpo_jax.sampling.stops import StopTables, build_stop_tables, token_bytes
 __all__ = [
     "BUDGET", "CAPACITY", "EOS", "FREE", "RUNNING", "STATUS_NAMES", "STOP_STRING", "SamplingConfig", "bucket",
     "mask_vocab", "sample_tokens", "top_k_top_p_filter", "ChunkResult", "Sampler", "SamplerState", "init_state",
-    "StopTables", "build_stop_tables", "token_bytes",
+    "StopTables", "build_stop_tables", "token_bytes", "OutOfKVPages", "PageAllocator",
 ]

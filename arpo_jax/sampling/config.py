@@ -40,6 +40,12 @@ class SamplingConfig:
     attention_window: run decode/append on the first ``window`` cache positions only (a
         power-of-two bucket >= ``min_window`` covering the longest live slot) rather than on
         the whole capacity; one compiled variant per bucket in use. False: always the capacity.
+    kv_layout: "contiguous" (a [capacity] cache row per slot: slots are the memory limit) or
+        "paged" (a shared pool of ``num_pages`` pages of ``page_size`` tokens; forks share
+        pages, copy-on-write; memory, not slots, is the limit). See ``sampling/pages.py``.
+    page_size, num_pages: the paged pool (num_pages 0 = every slot at full capacity).
+    paged_attention_impl: decode attention over pages, "reference" (gather + einsum, any
+        backend) or "pallas" (the TPU kernel ``pallas.ops.tpu.paged_attention``).
     """
 
     temperature: float = 1.0
@@ -57,6 +63,10 @@ class SamplingConfig:
     prefill_chunk: int = 512
     attention_window: bool = True
     min_window: int = 64
+    kv_layout: str = "contiguous"
+    page_size: int = 16
+    num_pages: int = 0
+    paged_attention_impl: str = "reference"
 
     def __post_init__(self):
         object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
@@ -71,6 +81,12 @@ class SamplingConfig:
             raise ValueError("chunk_size, max_new_tokens, min_prefill_bucket and prefill_chunk must be >= 1")
         if any(not s for s in self.stop_strings):
             raise ValueError("stop strings must be non-empty")
+        if self.kv_layout not in ("contiguous", "paged"):
+            raise ValueError(f"kv_layout must be 'contiguous' or 'paged', got {self.kv_layout!r}")
+        if self.paged_attention_impl not in ("reference", "pallas"):
+            raise ValueError(f"paged_attention_impl must be 'reference' or 'pallas', got {self.paged_attention_impl!r}")
+        if self.page_size < 1 or self.num_pages < 0:
+            raise ValueError(f"page_size must be >= 1 and num_pages >= 0, got {self.page_size}, {self.num_pages}")
 
     @property
     def effective_temperature(self) -> float:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from arpo_jax.models.paged_cache import PagedKVCache
 from arpo_jax.models.transformer import KVCache
 from arpo_jax.sampling.config import BUDGET, CAPACITY, EOS, FREE, RUNNING, STOP_STRING, SamplingConfig
 from arpo_jax.sampling.processing import sample_tokens
@@ -60,6 +61,40 @@ def _put_cache(cache: KVCache, rows: jax.Array | None, sub: KVCache) -> KVCache:
     return KVCache(k=tuple(map(one, cache.k, sub.k)), v=tuple(map(one, cache.v, sub.v)), lengths=lengths)
 
 
+def _view(cache: KVCache | PagedKVCache, rows: jax.Array | None, window: int, table: jax.Array | None):
+    """What the model runs on for rows ``rows`` (all if None) and positions [0, window):
+    contiguous, a copy of those rows' first ``window`` entries; paged, the pools themselves
+    and the rows' first ceil(window / page size) page-table columns (``table`` [S, M])."""
+    if isinstance(cache, KVCache):
+        return _take_cache(cache, rows, window)
+    wp = -(-window // cache.page_size)
+    lengths = cache.lengths if rows is None else _take(cache.lengths, rows)
+    sub_table = (table if rows is None else _take(table, rows))[:, :wp]
+    return dataclasses.replace(cache, page_table=sub_table, lengths=lengths)
+
+
+def _store(cache: KVCache | PagedKVCache, rows: jax.Array | None, sub, table: jax.Array | None):
+    """Puts a ``_view`` back after the model wrote into it (the paged state keeps ``table``)."""
+    if isinstance(cache, KVCache):
+        return _put_cache(cache, rows, sub)
+    lengths = sub.lengths if rows is None else _put(cache.lengths, rows, sub.lengths)
+    return dataclasses.replace(cache, k=sub.k, v=sub.v, page_table=table, lengths=lengths)
+
+
+def copy_pages(cache: PagedKVCache, src: jax.Array, dst: jax.Array) -> PagedKVCache:
+    """Copies pool pages ``src`` [n] onto ``dst`` [n] in every layer (copy-on-write; entries
+    with dst >= P are padding and dropped)."""
+    def one(pool):  # [K, P, Z, H]
+        return pool.at[:, dst].set(pool.at[:, src].get(mode="clip"), mode="drop")
+
+    return dataclasses.replace(cache, k=tuple(map(one, cache.k)), v=tuple(map(one, cache.v)))
+
+
+def copy_pages_op(state: SamplerState, src, dst, *, shardings=None) -> SamplerState:
+    """``copy_pages`` on the state's cache (the host's copy-on-write before a write)."""
+    return constrain_state(dataclasses.replace(state, cache=copy_pages(state.cache, src, dst)), shardings)
+
+
 def _split_keys(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Raw keys [B, 2] → (next keys, subkeys for this step), both raw [B, 2]."""
     pairs = jax.vmap(jax.random.split)(jax.random.wrap_key_data(rng))  # [B, 2] typed
@@ -67,15 +102,16 @@ def _split_keys(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 # --------------------------------------------------------------------------- decoding
-def decode_chunk(params, state: SamplerState, tables: StopTables | None, *, window: int, graphdef,
-                 cfg: SamplingConfig, shardings=None):
-    """Decodes up to ``cfg.chunk_size`` tokens for every RUNNING slot, on device.
+def decode_chunk(params, state: SamplerState, tables: StopTables | None, allowed, page_table=None, *, window: int,
+                 graphdef, cfg: SamplingConfig, shardings=None):
+    """Decodes up to ``cfg.chunk_size`` tokens for every RUNNING slot with ``allowed`` [S] bool, on device.
 
     A ``lax.while_loop`` feeds each slot's pending token, samples the next one (with its
-    log-prob and entropy), applies the stop rules and exits as soon as no slot is RUNNING.
-    Stopped/free slots ride along in the batch (fixed shapes) but keep their state: their
+    log-prob and entropy), applies the stop rules and exits as soon as no allowed slot is
+    RUNNING. Stopped/free/not-allowed slots ride along in the batch (fixed shapes) but keep their state: their
     cache length does not advance and their key is not consumed. ``window`` (static) must
-    cover every RUNNING slot's length + chunk_size; other slots may lie beyond it.
+    cover every RUNNING slot's length + chunk_size; other slots may lie beyond it. With a paged
+    cache, ``page_table`` [S, M] is the host's table (pages for those positions allocated).
 
     Returns (new state, out): tokens [S, W] int32 (-1 where not generated), logprobs and
     entropies [S, W] fp32 (+ topk_entropies with cfg.topk_entropy), num_new [S] (a prefix of
@@ -90,14 +126,14 @@ def decode_chunk(params, state: SamplerState, tables: StopTables | None, *, wind
 
     def cond(carry):
         step, st = carry[0], carry[1]
-        return (step < w) & jnp.any(st.status == RUNNING)
+        return (step < w) & jnp.any((st.status == RUNNING) & allowed)
 
     def body(carry):
         step, st, toks, lps, ents, extra = carry
-        active = st.status == RUNNING  # [S]
+        active = (st.status == RUNNING) & allowed  # [S]
         logits, cache = model(st.pending[:, None], cache=st.cache, num_new=active.astype(jnp.int32))
         # the model clips lengths to the window: keep the true length of slots that sat out
-        cache = KVCache(k=cache.k, v=cache.v, lengths=jnp.where(active, cache.lengths, st.cache.lengths))
+        cache = dataclasses.replace(cache, lengths=jnp.where(active, cache.lengths, st.cache.lengths))
         rng, tok, lp, ent, topk_ent = _sample_step(logits[:, 0], st.rng, cfg)  # [S] each
 
         reason, budget, stop_state, stop_index = _stop_reasons(tok, active, cache.lengths, st, tables, eos_ids, cap)
@@ -114,10 +150,11 @@ def decode_chunk(params, state: SamplerState, tables: StopTables | None, *, wind
         return step + 1, st, toks, lps, ents, extra
 
     before, full_cache = state.num_generated, state.cache
-    state = dataclasses.replace(state, cache=_take_cache(full_cache, None, window))
+    state = dataclasses.replace(state, cache=_view(full_cache, None, window, page_table))
     steps, state, out_tok, out_lp, out_ent, out_extra = jax.lax.while_loop(
         cond, body, (jnp.int32(0), state, out_tok, out_lp, out_ent, out_extra))
-    state = constrain_state(dataclasses.replace(state, cache=_put_cache(full_cache, None, state.cache)), shardings)
+    state = dataclasses.replace(state, cache=_store(full_cache, None, state.cache, page_table))
+    state = constrain_state(state, shardings)
     out = dict(tokens=out_tok, logprobs=out_lp, entropies=out_ent, num_new=state.num_generated - before,
                steps=steps, status=state.status, stop_index=state.stop_index, lengths=state.cache.lengths,
                budget=state.budget)
@@ -169,20 +206,20 @@ def _prefill(model, inputs, cache: KVCache, num_new, piece: int) -> KVCache:
 
 
 # ------------------------------------------------------------------- prefill (insert)
-def insert(params, state: SamplerState, slots, tokens, num_new, last, budgets, keys, *, graphdef, prefill_chunk,
-           shardings=None):
+def insert(params, state: SamplerState, slots, tokens, num_new, last, budgets, keys, page_table=None, *, graphdef,
+           prefill_chunk, shardings=None):
     """Starts new sequences in ``slots`` [n]: prefills ``tokens`` [n, T] (prompt[:-1],
     right-padded; ``num_new`` [n] = len(prompt) - 1 real tokens) from position 0, makes
     ``last`` [n] (prompt[-1]) pending, and resets status (RUNNING), stop matching, counters,
     ``budgets`` [n] and PRNG ``keys`` [n, 2]. Whatever the slots held is discarded."""
     model = nnx.merge(graphdef, params)
-    sub = _take_cache(state.cache, slots, min(tokens.shape[1], state.capacity))  # positions [0, T)
-    sub = KVCache(k=sub.k, v=sub.v, lengths=jnp.zeros_like(sub.lengths))
+    sub = _view(state.cache, slots, min(tokens.shape[1], state.capacity), page_table)  # positions [0, T)
+    sub = dataclasses.replace(sub, lengths=jnp.zeros_like(sub.lengths))
     sub = _prefill(model, tokens, sub, num_new, prefill_chunk)
     n = slots.shape[0]
     status = jnp.where(budgets <= 0, BUDGET, RUNNING)
     state = SamplerState(
-        cache=_put_cache(state.cache, slots, sub), pending=_put(state.pending, slots, last),
+        cache=_store(state.cache, slots, sub, page_table), pending=_put(state.pending, slots, last),
         status=_put(state.status, slots, status), stop_index=_put(state.stop_index, slots, jnp.full((n,), -1)),
         stop_state=_put(state.stop_state, slots, jnp.zeros((n,))), budget=_put(state.budget, slots, budgets),
         num_generated=_put(state.num_generated, slots, jnp.zeros((n,))), rng=_put(state.rng, slots, keys))
@@ -190,8 +227,8 @@ def insert(params, state: SamplerState, slots, tokens, num_new, last, budgets, k
 
 
 # ------------------------------------------------------------------- prefill (append)
-def append(params, state: SamplerState, slots, span, num_new, last, resume, *, window: int, graphdef,
-           prefill_chunk, shardings=None):
+def append(params, state: SamplerState, slots, span, num_new, last, resume, page_table=None, *, window: int,
+           graphdef, prefill_chunk, shardings=None):
     """Appends a span (an observation) to ``slots`` [n] without recomputing their prefix.
 
     span: [n, T] right-padded tokens, ``num_new`` [n] >= 1 real ones, ``last`` [n] = the last
@@ -202,7 +239,7 @@ def append(params, state: SamplerState, slots, span, num_new, last, resume, *, w
     slot's length + len(span).
     """
     model = nnx.merge(graphdef, params)
-    sub = _take_cache(state.cache, slots, window)
+    sub = _view(state.cache, slots, window, page_table)
     pending = _take(state.pending, slots)
     inputs = jnp.concatenate([pending[:, None], span], axis=1)[:, : span.shape[1]]  # [n, T]
     sub = _prefill(model, inputs, sub, num_new, prefill_chunk)
@@ -211,7 +248,7 @@ def append(params, state: SamplerState, slots, span, num_new, last, resume, *, w
     status = jnp.where(resume, jnp.where(budget <= 0, BUDGET, RUNNING), _take(state.status, slots))
     status = jnp.where(resume & (sub.lengths >= state.capacity), CAPACITY, status)  # host prevents it
     state = SamplerState(
-        cache=_put_cache(state.cache, slots, sub), pending=_put(state.pending, slots, last),
+        cache=_store(state.cache, slots, sub, page_table), pending=_put(state.pending, slots, last),
         status=_put(state.status, slots, status), stop_index=_put(state.stop_index, slots, jnp.full((n,), -1)),
         stop_state=_put(state.stop_state, slots, jnp.zeros((n,))), budget=_put(state.budget, slots, budget),
         num_generated=_put(state.num_generated, slots, jnp.zeros((n,))), rng=state.rng)
@@ -219,19 +256,25 @@ def append(params, state: SamplerState, slots, span, num_new, last, resume, *, w
 
 
 # ------------------------------------------------------------------------ fork/release
-def fork(state: SamplerState, parents, children, keys, explicit, *, shardings=None):
+def fork(state: SamplerState, parents, children, keys, explicit, copies=None, *, shardings=None):
     """Copies slot ``parents[i]`` into slot ``children[i]`` (cache rows, pending token,
     length, status, stop matcher, budget, counters): the child continues exactly where the
     parent stands, with nothing recomputed. The child's key is ``keys[i]`` where
     ``explicit[i]``, else ``fold_in(parent key, child slot)`` (a split of the parent's stream;
-    the parent's own stream is unchanged). parents, children: [n] int32; keys: [n, 2]."""
-    sub = _take_cache(state.cache, parents, state.capacity)
+    the parent's own stream is unchanged). parents, children: [n] int32; keys: [n, 2].
+    Paged cache: the host already shares the parent's pages with the child; ``copies`` =
+    (src, dst) [m] pages to copy (the parents' partial last pages)."""
+    if copies is None:
+        cache = _put_cache(state.cache, children, _take_cache(state.cache, parents, state.capacity))
+    else:
+        cache = copy_pages(state.cache, *copies)
+        cache = dataclasses.replace(cache, lengths=_put(cache.lengths, children, _take(cache.lengths, parents)))
     parent_keys = jax.random.wrap_key_data(_take(state.rng, parents))
     derived = jax.random.key_data(jax.vmap(jax.random.fold_in)(parent_keys, children))
     child_keys = jnp.where(explicit[:, None], keys.astype(derived.dtype), derived)
     copy = lambda x: _put(x, children, _take(x, parents))  # noqa: E731
     state = SamplerState(
-        cache=_put_cache(state.cache, children, sub), pending=copy(state.pending), status=copy(state.status),
+        cache=cache, pending=copy(state.pending), status=copy(state.status),
         stop_index=copy(state.stop_index), stop_state=copy(state.stop_state), budget=copy(state.budget),
         num_generated=copy(state.num_generated), rng=_put(state.rng, children, child_keys))
     return constrain_state(state, shardings)
@@ -245,7 +288,7 @@ def rewind(state: SamplerState, slots, lengths, pending, budgets, *, shardings=N
     forks a branch this way from the post-observation state after looking k tokens ahead."""
     n = slots.shape[0]
     cache = state.cache
-    cache = KVCache(k=cache.k, v=cache.v, lengths=_put(cache.lengths, slots, lengths))
+    cache = dataclasses.replace(cache, lengths=_put(cache.lengths, slots, lengths))
     status = jnp.where(budgets <= 0, BUDGET, RUNNING)
     state = SamplerState(cache=cache, pending=_put(state.pending, slots, pending),
                          status=_put(state.status, slots, status),
@@ -261,7 +304,7 @@ def release(state: SamplerState, slots, *, shardings=None):
     n = slots.shape[0]
     zeros = jnp.zeros((n,), jnp.int32)
     cache = state.cache
-    cache = KVCache(k=cache.k, v=cache.v, lengths=_put(cache.lengths, slots, zeros))
+    cache = dataclasses.replace(cache, lengths=_put(cache.lengths, slots, zeros))
     state = SamplerState(cache=cache, pending=state.pending, status=_put(state.status, slots, jnp.full((n,), FREE)),
                          stop_index=_put(state.stop_index, slots, zeros - 1), stop_state=state.stop_state,
                          budget=_put(state.budget, slots, zeros), num_generated=_put(state.num_generated, slots, zeros),
@@ -269,10 +312,11 @@ def release(state: SamplerState, slots, *, shardings=None):
     return constrain_state(state, shardings)
 
 
-def next_logits(params, state: SamplerState, slots, *, graphdef):
+def next_logits(params, state: SamplerState, slots, page_table=None, *, graphdef):
     """Raw fp32 logits [n, V] the next decode step of ``slots`` [n] would sample from (the
     state is not modified). For tests, debugging and scoring."""
     model = nnx.merge(graphdef, params)
-    sub = _take_cache(state.cache, slots, state.capacity)
-    logits, _ = model(_take(state.pending, slots)[:, None], cache=sub)
+    sub = _view(state.cache, slots, state.capacity, page_table)
+    real = (slots < state.num_slots).astype(jnp.int32)  # padding rows write nothing (a paged row's pages are shared)
+    logits, _ = model(_take(state.pending, slots)[:, None], cache=sub, num_new=real)
     return logits[:, 0]

@@ -1,6 +1,6 @@
 """Greedy decoding matches transformers ``generate`` token for token (tiny random Qwen2, Qwen3
 and Llama loaded through ``load_hf``); sampled log-probs and entropies match a full forward
-recomputation over the finished sequences."""
+recomputation over the finished sequences. Both KV layouts (contiguous; paged, 8-token pages)."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +12,7 @@ from arpo_jax.sampling import BUDGET, Sampler, SamplingConfig
 from tests.models.hf_tiny import FAMILIES, save_tiny
 
 NEW = 20
+LAYOUTS = [dict(kv_layout="contiguous"), dict(kv_layout="paged", page_size=8)]
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +34,13 @@ def pair(request, models):
     return models(request.param)
 
 
-def test_greedy_matches_transformers_generate(pair):
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda d: d["kv_layout"])
+def test_greedy_matches_transformers_generate(pair, layout):
     hf, model, cfg = pair
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, cfg.vocab_size, n).tolist() for n in (5, 11, 1, 8)]
-    sampler = Sampler(model, SamplingConfig(greedy=True, max_new_tokens=NEW, chunk_size=8, min_window=8), num_slots=4,
-                      capacity=48)
+    sampler = Sampler(model, SamplingConfig(greedy=True, max_new_tokens=NEW, chunk_size=8, min_window=8, **layout),
+                      num_slots=4, capacity=48)
     out = sampler.generate(prompts)
     for p, o in zip(prompts, out):
         with torch.no_grad():
@@ -85,10 +87,12 @@ def _reference(logits, prompt, generated, cfg: SamplingConfig):
     SamplingConfig(temperature=1.0, vocab_size=150, max_new_tokens=40, chunk_size=16, min_window=16),
     SamplingConfig(temperature=0.7, top_k=40, top_p=0.9, max_new_tokens=24, chunk_size=16),
 ], ids=["t1-vocab-mask", "t0.7-topk-topp"])
-def test_logprobs_and_entropies_match_full_forward(models, scfg):
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda d: d["kv_layout"])
+def test_logprobs_and_entropies_match_full_forward(models, scfg, layout):
     hf, model, cfg = models("qwen2")  # one family suffices for the numerics of sampling
     rng = np.random.default_rng(1)
     prompts = [rng.integers(0, 150, n).tolist() for n in (3, 9, 6)]
+    scfg = scfg.replace(**layout)
     sampler = Sampler(model, scfg, num_slots=4, capacity=64, seed=3)
     out = sampler.generate(prompts)
     full = _full_forward(model, [p + o["tokens"].tolist() for p, o in zip(prompts, out)])

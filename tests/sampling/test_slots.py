@@ -1,5 +1,6 @@
 """Slots: append (continue after an observation), fork, release/refill, budgets, capacity,
-no recompilation in steady state, and slots sharded over a mesh."""
+no recompilation in steady state, and slots sharded over a mesh — in both KV layouts
+(contiguous rows and paged, see ``sampling/pages.py``)."""
 
 import jax
 import jax.numpy as jnp
@@ -26,9 +27,14 @@ def model(ckpt):
     return load_hf(ckpt)[0]
 
 
+@pytest.fixture(scope="module", params=["contiguous", "paged"])
+def cfg(request):
+    return CFG.replace(kv_layout=request.param)
+
+
 @pytest.fixture(scope="module")
-def sampler(model):
-    return Sampler(model, CFG, num_slots=SLOTS, capacity=CAP, seed=0)
+def sampler(model, cfg):
+    return Sampler(model, cfg, num_slots=SLOTS, capacity=CAP, seed=0)
 
 
 @pytest.fixture
@@ -124,8 +130,8 @@ def test_capacity_and_validation(fresh):
     assert r.steps == 0 and not r.num_new.any() and r.status[2] == BUDGET and s.compile_counts() == before
 
 
-def test_steady_state_never_recompiles(model):
-    s = Sampler(model, CFG, num_slots=SLOTS, capacity=CAP, seed=5)
+def test_steady_state_never_recompiles(model, cfg):
+    s = Sampler(model, cfg, num_slots=SLOTS, capacity=CAP, seed=5)
     rng = np.random.default_rng(3)
 
     def cycle(k):
@@ -163,14 +169,15 @@ def _script(s: Sampler, rng):
     return np.concatenate([o.tokens for o in outs], 1), np.concatenate([o.logprobs for o in outs], 1)
 
 
-def test_sharded_slots_match_single_device(ckpt, model):
+def test_sharded_slots_match_single_device(ckpt, model, cfg):
     if jax.device_count() < 8:
         pytest.skip("needs 8 devices")
-    single = _script(Sampler(model, CFG, num_slots=SLOTS, capacity=CAP), np.random.default_rng(4))
+    single = _script(Sampler(model, cfg, num_slots=SLOTS, capacity=CAP), np.random.default_rng(4))
     mesh = make_mesh((4, 1, 2))  # slots split 4 ways over data, heads over tensor
     sharded_model = load_hf(ckpt, mesh=mesh)[0]
-    s = Sampler(sharded_model, CFG, num_slots=SLOTS, capacity=CAP, mesh=mesh)
-    assert tuple(s.state.cache.k[0].sharding.spec) == ("data", None, "tensor")
+    s = Sampler(sharded_model, cfg, num_slots=SLOTS, capacity=CAP, mesh=mesh)
+    pool_spec = ("tensor",) if cfg.kv_layout == "paged" else ("data", None, "tensor")  # pools: heads split only
+    assert tuple(s.state.cache.k[0].sharding.spec) == pool_spec
     sharded = _script(s, np.random.default_rng(4))
     np.testing.assert_array_equal(sharded[0], single[0])
     np.testing.assert_allclose(sharded[1], single[1], atol=1e-4)
@@ -209,8 +216,8 @@ def test_fork_then_rewind_restarts_from_post_observation_state(fresh):
         s.rewind([2], [int(s.lengths[2]) + 1], [0], [1])
 
 
-def test_topk_entropy_matches_reference(model):
-    cfg = CFG.replace(topk_entropy=10, chunk_size=4)
+def test_topk_entropy_matches_reference(model, cfg):
+    cfg = cfg.replace(topk_entropy=10, chunk_size=4)
     s = Sampler(model, cfg, num_slots=2, capacity=CAP, seed=0)
     prompt = _prompt(np.random.default_rng(4), 5)
     s.insert([0], [prompt], budgets=[4])
