@@ -1,6 +1,9 @@
 """ARPO / GRPO algorithm math as pure functions on arrays (no model, no sampler).
 
 * ``advantages``: GRPO (verl), Dr.GRPO, REINFORCE++, soft and hard tree attribution.
+* ``estimators``: the advantage estimators by name (``algorithm.advantage``); ``tree_grpo``
+  registers Tree-GRPO's. A new estimator: one module + its import below.
+* ``aepo``: AEPO's pre-monitoring, penalised branch rule and entropy-aware advantage.
 * ``tree``: the rollout-tree representation (parent, branch_pos) and token-node maps.
 * ``losses``: PPO clip + dual clip policy loss as (sum, denominator), KL, entropy, log-probs.
 * ``accumulation``: exact micro-batch gradient accumulation.
@@ -8,7 +11,14 @@
   decision rules) in numpy, for the rollout's branching policies (``arpo_jax.rollout.policies``).
 """
 
-from arpo_jax.algorithms.accumulation import accumulate_gradients, global_mean
+from arpo_jax.algorithms import tree_grpo  # noqa: F401  (registers tree, tree_inner, tree_2norm)
+from arpo_jax.algorithms.accumulation import accumulate_gradients, batch_moments, global_mean
+from arpo_jax.algorithms.aepo import (
+    aepo_branch_decisions,
+    aepo_branch_probability,
+    entropy_balanced_advantages,
+    premonitor_initial_samples,
+)
 from arpo_jax.algorithms.advantages import (
     grpo_advantages,
     group_mean_and_std,
@@ -16,6 +26,7 @@ from arpo_jax.algorithms.advantages import (
     masked_whiten,
     reinforce_pp_token_advantages,
     soft_token_advantages,
+    verl_group_normalize,
 )
 from arpo_jax.algorithms.branching import (
     entropy_delta,
@@ -38,12 +49,45 @@ from arpo_jax.algorithms.losses import (
     summarize_loss_output,
     token_logprobs_and_entropy,
 )
-from arpo_jax.algorithms.tree import node_reduce, token_multiplicity, token_owner, validate_tree
+from arpo_jax.algorithms.estimators import (
+    ESTIMATORS,
+    AdvantageInputs,
+    AdvantageOutput,
+    EstimatorOptions,
+    check_estimator,
+    compute_advantages,
+    register_estimator,
+)
+from arpo_jax.algorithms.tree import (
+    branch_concentration,
+    node_reduce,
+    token_multiplicity,
+    token_owner,
+    tree_roots,
+    validate_tree,
+)
+from arpo_jax.algorithms.tree_grpo import tree_grpo_advantages
 
 __all__ = [
+    "ESTIMATORS",
+    "AdvantageInputs",
+    "AdvantageOutput",
+    "EstimatorOptions",
     "PolicyLossConfig",
     "PolicyLossOutput",
     "accumulate_gradients",
+    "aepo_branch_decisions",
+    "aepo_branch_probability",
+    "batch_moments",
+    "branch_concentration",
+    "check_estimator",
+    "compute_advantages",
+    "entropy_balanced_advantages",
+    "premonitor_initial_samples",
+    "register_estimator",
+    "tree_grpo_advantages",
+    "tree_roots",
+    "verl_group_normalize",
     "aggregate_loss",
     "combine_loss_outputs",
     "entropy_delta",

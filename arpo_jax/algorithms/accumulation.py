@@ -74,3 +74,34 @@ def accumulate_gradients(
     scale = 1.0 / jnp.maximum(combined.denominator, 1e-8)
     grads = jax.tree_util.tree_map(lambda g: g * scale, grad_sum)
     return grads, combined
+
+
+def batch_moments(stats_fn: Callable[[Any, Any], Any], params: Any, micro_batches: Any,
+                  combine: Callable[[Any, Any], Any] | None = None) -> Any:
+    """A first pass over the micro-batches: ``stats_fn(params, micro_batch)`` of each, folded
+    with ``combine`` (default: added leaf by leaf), with no gradient.
+
+    Statistics a loss needs over the whole batch before any micro-batch's loss (AEPO's
+    global-batch entropy z-score: ``aepo.entropy_moments`` merged by ``aepo.merge_moments``):
+    compute them here, then close ``loss_fn`` over them for ``accumulate_gradients``. Costs one
+    forward pass per micro-batch.
+
+    Args:
+      stats_fn: (params, micro_batch) -> pytree of arrays.
+      params: parameter pytree.
+      micro_batches: leaves with a leading micro-batch axis [K, ...].
+      combine: (accumulated, new) -> accumulated.
+
+    Returns:
+      the combined pytree.
+    """
+    combine = combine or (lambda a, b: jax.tree_util.tree_map(jnp.add, a, b))
+    params = jax.lax.stop_gradient(params)
+    first = jax.tree_util.tree_map(lambda x: x[0], micro_batches)
+    rest = jax.tree_util.tree_map(lambda x: x[1:], micro_batches)
+
+    def step(acc, batch):
+        return combine(acc, stats_fn(params, batch)), None
+
+    total, _ = jax.lax.scan(step, stats_fn(params, first), rest)
+    return total

@@ -87,6 +87,27 @@ def grpo_advantages(
     return jnp.where(count > 1, adv, 0.0)
 
 
+def verl_group_normalize(scores: Array, group_ids: Array, *, eps: float = 1e-6, normalize_std: bool = True
+                         ) -> Array:
+    """verl's ``compute_grpo_outcome_advantage`` on any grouping, singletons included.
+
+    (s - mean_g) / (std_g + eps) with the unbiased std; a group of one has mean 0 and std 1
+    (the score passes through as s / (1 + eps)); a group of equal scores gets exactly 0.
+    ``normalize_std=False``: s - mean_g (singletons: s).
+
+    Args:
+      scores: [B]; group_ids: [B] int.
+
+    Returns:
+      [B] float32.
+    """
+    scores = scores.astype(jnp.float32)
+    centered, std, count = _centered_and_std(scores, group_ids, True)
+    if not normalize_std:
+        return jnp.where(count > 1, centered, scores)
+    return jnp.where(count > 1, centered / (std + eps), scores / (1.0 + eps))
+
+
 def masked_whiten(values: Array, mask: Array, *, eps: float = 1e-8) -> Array:
     """verl's ``masked_whiten``: (v - mean) / sqrt(var + eps) over all masked entries.
 

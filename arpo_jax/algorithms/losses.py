@@ -17,10 +17,14 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from arpo_jax.algorithms import aepo
+
 Array = jnp.ndarray
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+CLIP_MODES = ("standard", "gradient_preserving")
+ENTROPY_ADVANTAGE_SCOPES = ("micro_batch", "batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +42,15 @@ class PolicyLossConfig:
       (log-ratio), "k2" (half squared log-ratio) or "k3" (verl's "low_var_kl"); 0 disables.
     entropy_coef: bonus -entropy_coef * H per token; 0 disables.
     log_ratio_clamp: log(pi / pi_old) is clamped to +-this before exp, as verl does (20).
+    clip_mode: "standard" (PPO) or "gradient_preserving" (AEPO's stop-gradient upper clip:
+      same loss value; tokens with A > 0 and ratio > 1 + high keep the gradient
+      -A·(1 + high)·∇log pi instead of 0). docs/beyond.md.
+    entropy_advantage: AEPO's entropy-aware advantage A·(1 + alpha·sg(z)), z = z-score of the
+      current policy's token entropy over the loss tokens of ``entropy_advantage_scope``:
+      "micro_batch" (the release: each micro-batch's own statistics) or "batch" (the whole
+      update batch, exact: the caller passes its ``entropy_moments`` from a first pass).
+      Off by default; the release's config never ran it (its entropy_coeff 0 skips it).
+    entropy_advantage_alpha: alpha (release 0.2).
     """
 
     clip_eps_low: float = 0.2
@@ -49,8 +62,17 @@ class PolicyLossConfig:
     kl_estimator: str = "k3"
     entropy_coef: float = 0.0
     log_ratio_clamp: float = 20.0
+    clip_mode: str = "standard"
+    entropy_advantage: bool = False
+    entropy_advantage_alpha: float = 0.2
+    entropy_advantage_scope: str = "micro_batch"
 
     def __post_init__(self):
+        if self.clip_mode not in CLIP_MODES:
+            raise ValueError(f"loss.clip_mode must be one of {CLIP_MODES}, got {self.clip_mode!r}")
+        if self.entropy_advantage_scope not in ENTROPY_ADVANTAGE_SCOPES:
+            raise ValueError(f"loss.entropy_advantage_scope must be one of {ENTROPY_ADVANTAGE_SCOPES}, "
+                             f"got {self.entropy_advantage_scope!r}")
         if self.loss_agg_mode not in LOSS_AGG_MODES:
             raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {self.loss_agg_mode!r}")
         if self.kl_estimator not in KL_ESTIMATORS:
@@ -109,11 +131,16 @@ def ppo_clipped_token_loss(
     clip_eps_high: float = 0.2,
     dual_clip_c: float | None = 3.0,
     log_ratio_clamp: float = 20.0,
+    clip_mode: str = "standard",
 ) -> tuple[Array, Array, Array, Array]:
     """Per-token PPO clipped surrogate loss with dual clip (verl ``compute_policy_loss``).
 
     ratio = exp(logp - old_logp); l = max(-A * ratio, -A * clip(ratio, 1 - low, 1 + high));
     for A < 0 and dual clip c: l = min(l, -A * c).
+
+    clip_mode "gradient_preserving" (AEPO, BEYOND.md §1.5): the upper bound is
+    (1 + high)·ratio / sg(ratio), equal in value to 1 + high, so the loss is unchanged while a
+    token with A > 0 and ratio > 1 + high gets the gradient -A·(1 + high)·∇log pi (standard: 0).
 
     Args:
       logprobs, old_logprobs, advantages: [B, T].
@@ -124,7 +151,16 @@ def ppo_clipped_token_loss(
     log_ratio = jnp.clip(logprobs - old_logprobs, -log_ratio_clamp, log_ratio_clamp)
     ratio = jnp.exp(log_ratio)
     loss_unclipped = -advantages * ratio
-    loss_clipped = -advantages * jnp.clip(ratio, 1.0 - clip_eps_low, 1.0 + clip_eps_high)
+    if clip_mode == "standard":
+        clipped_ratio = jnp.clip(ratio, 1.0 - clip_eps_low, 1.0 + clip_eps_high)
+    elif clip_mode == "gradient_preserving":
+        # (1 + high)·ratio / sg(ratio), written so its value is exactly 1 + high (ratio - sg(ratio) == 0)
+        sg_ratio = jax.lax.stop_gradient(ratio)
+        upper = (1.0 + clip_eps_high) + (ratio - sg_ratio) * ((1.0 + clip_eps_high) / sg_ratio)
+        clipped_ratio = jnp.where(ratio > 1.0 + clip_eps_high, upper, jnp.maximum(ratio, 1.0 - clip_eps_low))
+    else:
+        raise ValueError(f"clip_mode must be one of {CLIP_MODES}, got {clip_mode!r}")
+    loss_clipped = -advantages * clipped_ratio
     loss = jnp.maximum(loss_unclipped, loss_clipped)
     clipped = loss_clipped > loss_unclipped
     if dual_clip_c is None:
@@ -192,11 +228,14 @@ def policy_loss(
     ref_logprobs: Array | None = None,
     entropy: Array | None = None,
     token_weights: Array | None = None,
+    entropy_moments: Array | None = None,
 ) -> PolicyLossOutput:
     """PPO/GRPO policy loss of one (micro-)batch as ``(loss_sum, denominator, stats)``.
 
     Per-token loss l = ppo_clip + kl_coef * KL - entropy_coef * H, aggregated with
-    ``config.loss_agg_mode`` over ``mask * token_weights``.
+    ``config.loss_agg_mode`` over ``mask * token_weights``. With ``config.entropy_advantage``
+    the advantages are first reweighted by AEPO's entropy term (``aepo``), everywhere (dual
+    clip included).
 
     Args:
       logprobs: [B, T] current policy log-probs of the taken tokens (differentiable).
@@ -207,6 +246,8 @@ def policy_loss(
       ref_logprobs: [B, T], required when config.kl_coef > 0.
       entropy: [B, T] per-token entropy of the current policy, required when entropy_coef > 0.
       token_weights: optional [B, T], e.g. the 1/multiplicity weights of hard attribution.
+      entropy_moments: [3] ``aepo.entropy_moments`` of the whole update batch, required by
+        ``entropy_advantage_scope: batch`` (ignored otherwise).
 
     Returns:
       ``PolicyLossOutput``; the loss is loss_sum / denominator.
@@ -219,9 +260,11 @@ def policy_loss(
         eff_mask = eff_mask * token_weights.astype(jnp.float32)
     old_logprobs = jax.lax.stop_gradient(old_logprobs)
     advantages = jax.lax.stop_gradient(advantages)
+    if config.entropy_advantage:
+        advantages = _entropy_advantages(advantages, entropy, eff_mask, config, entropy_moments)
     pg_loss, clipped, dual_clipped, ratio = ppo_clipped_token_loss(
         logprobs, old_logprobs, advantages, clip_eps_low=config.clip_eps_low, clip_eps_high=config.clip_eps_high,
-        dual_clip_c=config.dual_clip_c, log_ratio_clamp=config.log_ratio_clamp)
+        dual_clip_c=config.dual_clip_c, log_ratio_clamp=config.log_ratio_clamp, clip_mode=config.clip_mode)
     token_loss = pg_loss
     def agg(x):
         return aggregate_loss(x, eff_mask, config.loss_agg_mode, config.token_sum_norm)
@@ -242,6 +285,17 @@ def policy_loss(
     loss_sum, _ = agg(token_loss)
     stats.update(_clip_stats(eff_mask, clipped, dual_clipped, ratio, old_logprobs - logprobs))
     return PolicyLossOutput(loss_sum, denominator, stats)
+
+
+def _entropy_advantages(advantages: Array, entropy: Array | None, eff_mask: Array, config: PolicyLossConfig,
+                        moments: Array | None) -> Array:
+    """AEPO's Ã = A·(1 + alpha·sg(z)) over the configured scope; all [B, T]."""
+    if entropy is None:
+        raise ValueError("loss.entropy_advantage needs the current policy's entropy")
+    if config.entropy_advantage_scope == "batch" and moments is None:
+        raise ValueError("loss.entropy_advantage_scope 'batch' needs entropy_moments of the whole batch (first pass)")
+    scope = moments if config.entropy_advantage_scope == "batch" else None
+    return aepo.entropy_balanced_advantages(advantages, entropy, eff_mask, config.entropy_advantage_alpha, scope)
 
 
 def _clip_stats(eff_mask: Array, clipped: Array, dual_clipped: Array, ratio: Array, log_ratio_old: Array) -> dict:

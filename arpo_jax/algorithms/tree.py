@@ -85,6 +85,59 @@ def token_multiplicity(parent: Array, branch_pos: Array, num_tokens: int) -> Arr
     return node_reduce(jnp.ones(owner.shape, jnp.float32), owner)
 
 
+def tree_roots(parent: Array) -> Array:
+    """[B] batch index of each trajectory's root ancestor (itself for a global sample): the id
+    of its tree, i.e. of the global sample it descends from. Pointer jumping: O(log depth)
+    passes of O(B).
+
+    Args:
+      parent: [B] int, -1 for roots.
+
+    Returns:
+      [B] int32.
+    """
+    parent = parent.astype(jnp.int32)
+    B = parent.shape[0]
+    up = jnp.where(parent >= 0, parent, jnp.arange(B, dtype=jnp.int32))  # [B]; a root points at itself
+
+    def cond(state):
+        up, step = state
+        return jnp.any(up[up] != up) & (step < B)
+
+    def body(state):
+        up, step = state
+        return up[up], step + 1
+
+    roots, _ = jax.lax.while_loop(cond, body, (up, jnp.array(0)))
+    return roots
+
+
+def branch_concentration(parent: np.ndarray, groups: np.ndarray, top: int = 3) -> np.ndarray:
+    """Share of each group's branches sourced by its ``top`` most-branching trajectories.
+
+    A branch is a trajectory with a parent; it was sourced by that parent. AEPO's "high-entropy
+    rollout collapse" metric (BEYOND.md §1.4: under ARPO 93.4 % of branches sit on 1–3
+    trajectories of a group). Host-side numpy.
+
+    Args:
+      parent: [B] int batch index of the source trajectory, -1 for global samples.
+      groups: [B] int prompt id.
+      top: how many of the group's trajectories count.
+
+    Returns:
+      [G] float64 share for each group in ``np.unique(groups)`` order; NaN where a group has no
+      branch.
+    """
+    parent, groups = np.asarray(parent), np.asarray(groups)
+    sourced = np.bincount(parent[parent >= 0], minlength=len(parent))  # [B] branches each trajectory sourced
+    out = []
+    for g in np.unique(groups):
+        counts = np.sort(sourced[groups == g])[::-1]
+        total = counts.sum()
+        out.append(counts[:top].sum() / total if total else np.nan)
+    return np.asarray(out, np.float64)
+
+
 def validate_tree(
     parent: np.ndarray,
     branch_pos: np.ndarray,
