@@ -36,8 +36,14 @@ class RolloutConfig:
       fails; "stop": end it as it stands).
     max_prompt_tokens: longer prompts are cut from the left (counted in the metrics).
     num_slots: sampler slots (0: prompts per step × M); in multi-host training, the slots of
-      all processes together (each samples with num_slots / processes). capacity: tokens per
-      slot (0: max_prompt_tokens + max_response_tokens + 1).
+      all processes together (each samples with num_slots / processes). A prompt is admitted
+      only with M slots reserved for it (>= M per process). capacity: tokens per slot (0:
+      max_prompt_tokens + max_response_tokens + 1).
+    kv_layout: "paged" (a pool of ``kv_pages`` pages of ``page_size`` tokens; forks share
+      pages; slots are bookkeeping and memory is the limit: prompts are admitted, paused and
+      evicted by pages, with exactly the same trajectories) or "contiguous" (a ``capacity``
+      row per slot: slots are the limit). kv_pages: pages per process (0: enough for every
+      prompt × M at full length).
     temperature / top_p / top_k: sampling (paper: 1.0 / 1.0 / off); greedy for validation.
     chunk_size: tokens decoded per device call between host decisions.
     deterministic: a tool result is appended exactly one decode chunk after its call was
@@ -70,6 +76,9 @@ class RolloutConfig:
     greedy: bool = False
     chunk_size: int = 32
     deterministic: bool = True
+    kv_layout: Literal["contiguous", "paged"] = "contiguous"
+    page_size: int = 16
+    kv_pages: int = 0
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -83,6 +92,10 @@ class RolloutConfig:
         if self.entropy_normalization not in ENTROPY_NORMALIZATIONS:
             raise ValueError(f"rollout.entropy_normalization must be one of {ENTROPY_NORMALIZATIONS}, "
                              f"got {self.entropy_normalization!r}")
+        if self.kv_layout not in ("contiguous", "paged"):
+            raise ValueError(f"rollout.kv_layout must be 'contiguous' or 'paged', got {self.kv_layout!r}")
+        if self.page_size < 1 or self.kv_pages < 0:
+            raise ValueError(f"rollout.page_size must be >= 1 and kv_pages >= 0, got {self.page_size}, {self.kv_pages}")
         POLICIES[self.policy].check_config(self)
 
     @property

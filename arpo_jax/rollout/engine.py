@@ -1,28 +1,36 @@
 """The agent loop: sampler slots + host tools, with a branching policy.
 
-``RolloutEngine.run(prompts)`` drives one ``Sampler`` between chunks of on-device decoding:
+``RolloutEngine.run(prompts)`` drives one ``Sampler`` in rounds. Each round:
 
-1. queued trajectories start in free slots (``insert``: prompt prefilled once);
-2. one ``decode_chunk`` advances every RUNNING slot; slots waiting for a tool ride along;
-3. a slot that stopped at a closing tool tag has its segment parsed and its call submitted to
-   the ``ToolDispatcher`` (a thread pool), and the loop goes on decoding the other slots;
-4. finished tool calls are appended (``append``: only the result's tokens are computed) and
-   their slots resume;
+1. queued prompts are admitted while their whole budget can be served (``scheduler.py``: M
+   slots reserved per prompt; with the paged KV layout also an estimate of its pages). An
+   admitted prompt is prefilled once, into one slot; its other initial samples are forks of it
+   (each with its own key), and later refills are forks of its last slot rewound to the prompt;
+2. with the paged layout, the round is planned in pages: prompts whose need does not fit the
+   free pages sit the round out (youngest first), and when not even the oldest fits the
+   youngest admitted prompt is evicted (released, discarded, re-queued first: it re-runs
+   identically);
+3. due tool results of the running prompts are appended (``append``: only the result's tokens
+   are computed) and their slots resume;
+4. one ``decode_chunk`` advances every RUNNING slot of the running prompts; a slot that stopped
+   at a closing tool tag has its call parsed and submitted to the ``ToolDispatcher`` (a thread
+   pool);
 5. the branching policy (``rollout.policy``, ``arpo_jax.rollout.policies``) is asked at a
-   segment's end and k tokens after a result whether to branch; granted branches fork the
-   slot (``fork``, + ``rewind`` to the point right after the result when the decision came
-   later); nothing is recomputed;
+   segment's end and k tokens after a result whether to branch; granted branches (capped only
+   by the prompt's budget M: its reservation holds their slots) fork the slot (``fork``, +
+   ``rewind`` to the point right after the result when the decision came later); nothing is
+   recomputed;
 6. a prompt whose trajectories have all ended below M gets the fresh samples its policy asks for.
 
 Randomness is per prompt: prompt j of ``run(prompts, seed=s, prompt_offset=o)`` draws its
-branching decisions and its trajectories' sampling keys (samples and branches) from its own
-``numpy.random.Generator`` seeded by (s, o + j), in the order of its own events. With
-``deterministic`` tools these events do not depend on the batch's other prompts either (a
-round in which no slot can decode still counts), so a prompt's trajectories are a function of
-(params, prompt, s, o + j): a step rolled out in shards (one per JAX process, each with its
-``prompt_offset``) gives exactly the trajectories of one run over all of it. Exceptions:
-``num_slots`` < prompts × M (prompts compete for slots), ``stale_entropy_baseline`` (keyed by
-slot), non-deterministic tools. ``RolloutConfig``: the knobs; docs/branching.md: the policies.
+branching decisions and its trajectories' sampling keys from its own ``numpy.random.Generator``
+seeded by (s, o + j), in the order of its own events, and counts time in its own rounds. With
+``deterministic`` tools (a result is appended one round of the prompt after its call) a
+prompt's trajectories are a function of (params, prompt, s, o + j): independent of the other
+prompts, of ``num_slots``, of the KV layout and memory (pausing and eviction included), so a
+step rolled out in shards (one per JAX process, each with its ``prompt_offset``) gives exactly
+the trajectories of one run over all of it. Exceptions: ``stale_entropy_baseline`` (keyed by
+slot) and non-deterministic tools. ``RolloutConfig``: the knobs; docs/branching.md: the policies.
 """
 
 from __future__ import annotations
@@ -36,12 +44,14 @@ import numpy as np
 
 from arpo_jax.rollout.config import RolloutConfig
 from arpo_jax.rollout.policies import make_policy
+from arpo_jax.rollout.policies.base import next_token_entropy
+from arpo_jax.rollout.scheduler import PageBudget, PromptRun, pages_for, round_need, worst_case_pages
 from arpo_jax.rollout.stats import rollout_stats
-from arpo_jax.rollout.trajectory import ToolRecord, Trajectory
-from arpo_jax.sampling import BUDGET, CAPACITY, EOS, RUNNING, STOP_STRING, Sampler, SamplingConfig
-from arpo_jax.tools import ParseError, ProtocolConfig, stop_sequences
+from arpo_jax.rollout.steps import AgentSteps
+from arpo_jax.rollout.trajectory import Trajectory
+from arpo_jax.sampling import RUNNING, Sampler, SamplingConfig
+from arpo_jax.tools import ProtocolConfig, stop_sequences
 
-FINISH = {EOS: "eos", BUDGET: "budget", CAPACITY: "capacity"}
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>")
 
 
@@ -54,7 +64,8 @@ def default_eos_ids(tokenizer) -> tuple[int, ...]:
 
 
 class RolloutResult:
-    """Trajectories (uid order), per-decision branching records and rollout metrics."""
+    """Trajectories (prompt order, then creation order; ``uid`` = list index), per-decision
+    branching records and rollout metrics."""
 
     def __init__(self, trajectories: list[Trajectory], decisions: list[dict], stats: dict[str, float]):
         self.trajectories, self.decisions, self.stats = trajectories, decisions, stats
@@ -66,24 +77,13 @@ class RolloutResult:
         return out
 
 
-class _Live:
-    """Host bookkeeping of one occupied slot."""
-
-    __slots__ = ("traj", "mark", "pending_call", "deferred")
-
-    def __init__(self, traj: Trajectory):
-        self.traj = traj
-        self.mark = None  # look-ahead: (cache length, pending token, budget, response pos) right after a result
-        self.pending_call = None  # (future, tool, body, entropy before, decode round) while a tool runs
-        self.deferred = 0  # branches granted at the call, forked once its result is appended
-
-
-class RolloutEngine:
+class RolloutEngine(AgentSteps):
     """Runs the agent loop for batches of prompts on one sampler (see the module docstring).
 
     model: the policy (``Transformer``); tokenizer: its HF tokenizer; dispatcher: a
     ``ToolDispatcher``; num_prompts: prompts per ``run`` (sizes the slots: num_prompts × M
-    unless ``cfg.num_slots``); mesh: slots and parameters sharded on it.
+    unless ``cfg.num_slots``, and the paged pool: num_prompts × one prompt's worst case unless
+    ``cfg.kv_pages``); mesh: slots and parameters sharded on it.
     """
 
     def __init__(self, model, tokenizer, dispatcher, cfg: RolloutConfig, *, protocol: ProtocolConfig | None = None,
@@ -97,116 +97,117 @@ class RolloutEngine:
             raise ValueError("the tokenizer has no EOS token; pass eos_ids")
         self.vocab_size = len(tokenizer)
         self.policy = make_policy(cfg, self.vocab_size)
+        self.num_slots = cfg.num_slots or num_prompts * cfg.total_rollouts
+        if self.num_slots < cfg.total_rollouts:
+            raise ValueError(f"rollout.num_slots ({self.num_slots}) is below rollout.total_rollouts "
+                             f"({cfg.total_rollouts}): a prompt's M trajectories need M slots")
+        self.worst_pages = worst_case_pages(cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.total_rollouts,
+                                            cfg.page_size, cfg.chunk_size)
+        num_pages = cfg.kv_pages or num_prompts * self.worst_pages
+        if cfg.kv_layout == "paged" and num_pages < self.worst_pages:
+            raise ValueError(f"rollout.kv_pages ({num_pages}) cannot hold one prompt's worst case "
+                             f"({self.worst_pages} pages of {cfg.page_size} tokens)")
         scfg = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, greedy=cfg.greedy,
                               max_new_tokens=cfg.max_response_tokens, stop_strings=self.stops, eos_ids=self.eos_ids,
                               vocab_size=min(self.vocab_size, model.cfg.vocab_size), chunk_size=cfg.chunk_size,
-                              topk_entropy=self.policy.topk_entropy)
-        self.num_slots = cfg.num_slots or num_prompts * cfg.total_rollouts
-        self.sampler = Sampler(model, scfg, num_slots=self.num_slots, capacity=cfg.slot_capacity, tokenizer=tokenizer,
+                              topk_entropy=self.policy.topk_entropy, **self._layout_kwargs(num_pages))
+        capacity = cfg.slot_capacity  # paged: whole pages (the budget, not the capacity, ends a trajectory)
+        capacity = pages_for(capacity, cfg.page_size) * cfg.page_size if cfg.kv_layout == "paged" else capacity
+        self.sampler = Sampler(model, scfg, num_slots=self.num_slots, capacity=capacity, tokenizer=tokenizer,
                                tok_bytes=tok_bytes, mesh=mesh, seed=seed, cache_dtype=cache_dtype)
+        self.pages = PageBudget(num_pages, cfg.page_size, cfg.total_rollouts, cfg.chunk_size,
+                                self.worst_pages) if cfg.kv_layout == "paged" else None
+
+    def _layout_kwargs(self, num_pages: int) -> dict:
+        """The sampler's KV layout settings (the contiguous layout needs none)."""
+        cfg = self.cfg
+        if cfg.kv_layout == "contiguous":
+            return {}
+        return dict(kv_layout=cfg.kv_layout, page_size=cfg.page_size, num_pages=num_pages)
 
     def update_params(self, model_or_params) -> None:
         """New policy weights for the next ``run`` (same shapes and shardings)."""
         self.sampler.update_params(model_or_params)
 
-    # ------------------------------------------------------------------------ branching
-    def _record(self, decision: dict | None) -> int:
-        """Records a policy's decision; returns the branches granted: Z if it branches, capped
-        by the prompt's budget M and the free slots."""
-        if decision is None:
-            return 0
-        self.decisions.append(decision)
-        p = decision["prompt_index"]
-        if not decision["branch"]:
-            return 0
-        granted = max(0, min(self.cfg.branches_per_source, self.cfg.total_rollouts - self._count[p],
-                             len(self._free_slots())))
-        decision["granted"] = granted
-        self._count[p] += granted
-        return granted
+    # ------------------------------------------------------------------------ scheduling
+    def _admit(self) -> None:
+        """Admits queued prompts (in order) while their reservation fits (module docstring)."""
+        m = self.cfg.total_rollouts
+        while self._queue and (len(self._runs) + 1) * m <= self.num_slots:
+            p = self._queue[0]
+            if self.pages is not None and not (self.pages.can_admit(len(self._runs)) and self.sampler.pages_free()
+                                               >= pages_for(len(self._prompts[p]), self.cfg.page_size) + m):
+                return
+            self._start_prompt(self._queue.popleft())
 
-    def _below_budget(self, traj: Trajectory) -> bool:
-        """Decision hooks are called only while the trajectory's prompt has fewer than M."""
-        return self._count[traj.prompt_index] < self.cfg.total_rollouts
+    def _start_prompt(self, p: int) -> None:
+        """Prefills prompt ``p`` once and forks its other initial samples from it."""
+        run = PromptRun(p, self._seed, self._offset)
+        self._runs[p] = run
+        slot = self._free_slots(1)[0]
+        self.sampler.insert([slot], [self._prompts[p]], budgets=[self.cfg.max_response_tokens],
+                            keys=[self._key(run)])
+        self._counters["prompt_prefills"] += 1
+        self._occupy(run, slot, self._new_traj(run))
+        root_h = None
+        if self.policy.wants_root_entropy:
+            logits = self.sampler.next_logits([slot])[0, : self.sampler.cfg.vocab_size]
+            root_h = float(next_token_entropy(logits, self.sampler.cfg.effective_temperature))
+        n = int(self.policy.initial_samples_for(root_h, run.rng))
+        if not 1 <= n <= self.cfg.total_rollouts:
+            raise ValueError(f"policy {self.policy.name!r} asked for {n} initial samples; must be in [1, M]")
+        run.count = n
+        self._fresh(run, slot, n - 1, rewind=False)
 
-    def _segment_end(self, slot: int, live: _Live, start: int) -> None:
-        """A segment ended with a (submitted) tool call: granted branches wait for the result."""
-        traj = live.traj
-        if self._below_budget(traj):
-            live.deferred = self._record(self.policy.on_segment_end(traj, slot, start, self._rngs[traj.prompt_index]))
+    def _round_pages(self, run: PromptRun) -> int:
+        """Pages ``run`` may take this round: appends of its due results, a chunk per running
+        slot, and a partial page + a chunk for every trajectory it may still fork."""
+        grows, forks = [], self.cfg.total_rollouts - run.count
+        for s, live in self._live.items():
+            if live.traj.prompt_index != run.index:
+                continue
+            extra = self.cfg.chunk_size
+            if live.pending_call is not None:
+                if not self._due(run, live):
+                    continue
+                extra += len(self._result(s, live)[1])
+                forks += live.deferred
+            elif self.sampler.status[s] != RUNNING:
+                continue
+            grows.append(self.sampler.pages_needed([s], extra))
+        return round_need(self.cfg.page_size, self.cfg.chunk_size, grows, forks)
 
-    def _result_appended(self, slot: int, live: _Live, last_token: int) -> None:
-        """Deferred branches fork now; a look-ahead policy gets the point right after the result."""
-        if live.deferred:
-            n, live.deferred = live.deferred, 0
-            self._fork(slot, n)
-        if self.policy.lookahead_tokens:
-            live.mark = (int(self.sampler.lengths[slot]), last_token, int(self.sampler.budget[slot]),
-                         len(live.traj.tokens))
+    def _plan_round(self) -> list[int]:
+        """The admitted prompts that run this round (oldest first); the others are paused."""
+        order = list(self._runs)
+        if self.pages is None:
+            return order
+        while True:
+            k = self.pages.plan([self._round_pages(self._runs[p]) for p in order], self.sampler.pages_free())
+            if k:
+                self._counters["paused_rounds"] += len(order) - k
+                return order[:k]
+            if len(order) == 1:
+                raise RuntimeError(f"prompt {order[0]} cannot proceed alone in {self.pages.num_pages} KV pages")
+            self._evict(order.pop())
 
-    def _lookahead(self, slot: int, live: _Live) -> None:
-        """The policy's look-ahead tokens after a result are in: its decision forks from the
-        point right after the result."""
-        mark, live.mark = live.mark, None
-        traj = live.traj
-        if not self._below_budget(traj):
-            return
-        granted = self._record(self.policy.on_lookahead(traj, slot, mark[3], self._rngs[traj.prompt_index]))
-        if granted:
-            self._fork(slot, granted, rewind_to=mark)
+    def _evict(self, p: int) -> None:
+        """Releases prompt ``p``'s slots, discards its trajectories and decisions and puts it
+        first in the queue: re-admitted, it re-runs from its re-seeded stream identically."""
+        slots = [s for s, live in self._live.items() if live.traj.prompt_index == p]
+        for s in slots:
+            del self._live[s]
+        if slots:
+            self.sampler.release(slots)
+        del self._runs[p]
+        self._queue.appendleft(p)
+        self._counters["evictions"] += 1
 
-    def _drop_deferred(self, live: _Live) -> None:
-        """A granted branch that cannot happen (the source ended) gives its budget back."""
-        if live.deferred:
-            self._count[live.traj.prompt_index] -= live.deferred
-            live.deferred = 0
-
-    # --------------------------------------------------------------------------- slots
-    def _free_slots(self) -> list[int]:
-        return [s for s in range(self.num_slots) if s not in self._live]
-
-    def _new_traj(self, p: int) -> Trajectory:
-        t = Trajectory(prompt_index=p, uid=len(self._trajs), prompt_tokens=self._prompts[p])
-        self._trajs.append(t)
-        return t
-
-    def _start(self) -> None:
-        free = self._free_slots()[: len(self._queue)]
-        if not free:
-            return
-        trajs = [self._new_traj(self._queue.popleft()) for _ in free]
-        self.sampler.insert(free, [t.prompt_tokens for t in trajs], budgets=[self.cfg.max_response_tokens] * len(free),
-                            keys=[self._key(t.prompt_index) for t in trajs])
-        for s, t in zip(free, trajs):
-            self._live[s] = _Live(t)
-
-    def _key(self, prompt: int) -> np.ndarray:
-        """A fresh sampling key (raw uint32 [2]) from ``prompt``'s stream."""
-        return self._rngs[prompt].integers(0, 2**32, 2, dtype=np.uint32)
-
-    def _fork(self, slot: int, n: int, rewind_to=None) -> None:
-        """``n`` branches of ``slot``'s trajectory: forked at the current point or, with
-        ``rewind_to`` (a look-ahead decision's mark), at the point right after the result."""
-        parent = self._live[slot].traj
-        children = self._free_slots()[:n]
-        self._count[parent.prompt_index] -= n - len(children)  # only with cfg.num_slots < prompts × M
-        if not children:
-            return
-        n = len(children)
-        self.sampler.fork(slot, children, keys=[self._key(parent.prompt_index) for _ in children])
-        upto = len(parent.tokens)
-        if rewind_to is not None:
-            length, pending, budget, upto = rewind_to
-            self.sampler.rewind(children, [length] * n, [pending] * n, [budget] * n)
-        for c in children:
-            child = parent.branch(len(self._trajs), upto)
-            self._trajs.append(child)
-            self._live[c] = _Live(child)
-
-    def _finish(self, slot: int, reason: str) -> None:
-        live = self._live.pop(slot)
-        live.traj.finish_reason = reason
-        self.sampler.release([slot])
+    def _complete(self, run: PromptRun) -> None:
+        del self._runs[run.index]
+        self._done[run.index] = run
+        if self.pages is not None:
+            self.pages.completed(run)
 
     # ---------------------------------------------------------------------------- loop
     def run(self, prompts: Sequence[Sequence[int]], *, seed: int = 0, prompt_offset: int = 0) -> RolloutResult:
@@ -220,40 +221,90 @@ class RolloutEngine:
         t_start = time.perf_counter()
         if seed < 0 or prompt_offset < 0:
             raise ValueError(f"seed ({seed}) and prompt_offset ({prompt_offset}) must be >= 0")
-        self._rngs = [np.random.default_rng([seed, prompt_offset + j]) for j in range(len(prompts))]
         cut = [len(p) > cfg.max_prompt_tokens for p in prompts]
         self._prompts = [list(p[-cfg.max_prompt_tokens:]) for p in prompts]
         if any(len(p) == 0 for p in self._prompts):
             raise ValueError("empty prompt")
-        self._trajs, self._live, self.decisions, self._round = [], {}, [], 0
-        first = self.policy.initial_samples
-        self._count = [first] * len(prompts)
-        self._queue = deque(p for p in range(len(prompts)) for _ in range(first))
-        before = dict(self.sampler.stats)
-        timing = Counter()
-        while self._queue or self._live:
-            self._start()
+        self._seed, self._offset, self._uid = seed, prompt_offset, 0
+        self._queue, self._runs, self._done, self._live = deque(range(len(prompts))), {}, {}, {}
+        self._counters = Counter(prompt_prefills=0, evictions=0, paused_rounds=0, peak_live=0)
+        before, timing = dict(self.sampler.stats), Counter()
+        while self._queue or self._runs:
+            self._admit()
+            self._wait_for_tools()
+            active = self._plan_round()
             t0 = time.perf_counter()
-            self._collect_tools(block=not any(self.sampler.status[s] == RUNNING for s in self._live))
+            self._collect_tools(set(active))
             timing["tools_wait_s"] += time.perf_counter() - t0
-            if any(self.sampler.status[s] == RUNNING for s in self._live):
-                t0 = time.perf_counter()
-                res = self.sampler.decode_chunk()
-                self._round += 1
-                timing["generate_s"] += time.perf_counter() - t0
-                self._consume(res)
-            self._refill()
-        k = cfg.entropy_tokens
-        for t in self._trajs:
+            self._decode_round(active, timing)
+        trajs, decisions = self._gather(len(prompts))
+        timing["total_s"] = time.perf_counter() - t_start
+        sampler_delta = {k: self.sampler.stats[k] - before[k] for k in before}
+        scheduling = self._scheduling_stats(len(prompts), trajs)
+        stats = rollout_stats(trajs, decisions, timing, sampler_delta, len(prompts), sum(cut), scheduling)
+        return RolloutResult(trajs, decisions, stats)
+
+    def _wait_for_tools(self) -> None:
+        """Non-deterministic tools: when no slot can decode, waits for the first result."""
+        if self.cfg.deterministic or any(self.sampler.status[s] == RUNNING for s in self._live):
+            return
+        pending = [live.pending_call[0] for live in self._live.values() if live.pending_call is not None]
+        if pending and not any(f.done() for f in pending):
+            wait(pending, return_when=FIRST_COMPLETED)
+
+    def _decode_round(self, active: list[int], timing: Counter) -> None:
+        """One chunk for the running slots of the ``active`` prompts (a round of their clocks)."""
+        active = [p for p in active if p in self._runs]  # some may have completed at their results
+        chosen = set(active)
+        slots = [s for s, live in self._live.items() if live.traj.prompt_index in chosen]
+        running = any(self.sampler.status[s] == RUNNING for s in slots)
+        for p in active:
+            self._runs[p].clock += 1
+        self._counters["peak_live"] = max(self._counters["peak_live"], len(self._live))
+        if not running:
+            return  # an idle round: the prompts' tools are a round closer
+        t0 = time.perf_counter()
+        if len(active) == len(self._runs):
+            res = self.sampler.decode_chunk()
+        else:
+            allowed = np.zeros(self.num_slots, bool)
+            allowed[slots] = True
+            res = self.sampler.decode_chunk(allowed=allowed)
+        timing["generate_s"] += time.perf_counter() - t0
+        self._consume(res, slots)
+
+    def _gather(self, num_prompts: int) -> tuple[list[Trajectory], list[dict]]:
+        """Every prompt's trajectories and decisions in prompt order, uids renumbered to list
+        positions; texts decoded and the entropy after each tool result filled in."""
+        runs = [self._done[p] for p in range(num_prompts)]
+        trajs = [t for r in runs for t in r.trajs]
+        uid = {t.uid: i for i, t in enumerate(trajs)}
+        for t in trajs:
+            t.uid, t.parent = uid[t.uid], uid[t.parent] if t.parent >= 0 else -1
+        decisions = [d for r in runs for d in r.decisions]
+        for d in decisions:
+            d["uid"] = uid[d["uid"]]
+        k = self.cfg.entropy_tokens
+        for t in trajs:
             t.text = self._decode(t.tokens)
             for c in t.tool_calls:  # mean entropy of the first k model tokens after each result
                 if c.entropy_after != c.entropy_after:
                     after = np.asarray(t.entropies[c.end:])[np.asarray(t.mask[c.end:], bool)][:k]
                     c.entropy_after = float(after.mean()) if after.size else float("nan")
-        timing["total_s"] = time.perf_counter() - t_start
-        sampler_delta = {k: self.sampler.stats[k] - before[k] for k in before}
-        stats = rollout_stats(self._trajs, self.decisions, timing, sampler_delta, len(prompts), sum(cut))
-        return RolloutResult(self._trajs, self.decisions, stats)
+        return trajs, decisions
+
+    def _scheduling_stats(self, num_prompts: int, trajs: list[Trajectory]) -> dict[str, float]:
+        runs = self._done.values()
+        granted, returned = sum(r.granted for r in runs), sum(r.returned for r in runs)
+        made = sum(t.parent >= 0 for t in trajs)
+        out = dict(branches_granted=granted, branches_made=made, branches_returned=returned,
+                   branches_dropped=granted - returned - made,
+                   prompt_prefills_per_prompt=self._counters["prompt_prefills"] / max(num_prompts, 1),
+                   evictions=self._counters["evictions"], paused_prompt_rounds=self._counters["paused_rounds"],
+                   peak_trajectories_in_flight=self._counters["peak_live"])
+        if self.pages is not None:
+            out["kv_pages"] = self.pages.num_pages
+        return {k: float(v) for k, v in out.items()}
 
     def _decode(self, tokens: Sequence[int]) -> str:
         text = self.tokenizer.decode(list(tokens), skip_special_tokens=False)
@@ -262,109 +313,3 @@ class RolloutEngine:
             if e and text.endswith(e):
                 text = text[: -len(e)]
         return text
-
-    def _consume(self, res) -> None:
-        """Adds a chunk's tokens to the trajectories and acts on every slot that stopped."""
-        for slot in list(self._live):
-            live = self._live[slot]
-            if live.pending_call is not None:  # waiting for its tool: did not decode
-                continue
-            traj = live.traj
-            n = int(res.num_new[slot])
-            if n:
-                toks, lps, ents = res.new_tokens(slot)
-                topk = res.topk_entropies[slot, :n] if res.topk_entropies is not None else None
-                traj.add_model_tokens(toks, lps, ents, topk)
-            status = int(res.status[slot])
-            if traj.initial_entropy is None and (traj.num_model_tokens >= self.cfg.entropy_tokens or status != RUNNING):
-                traj.initial_entropy = self.policy.initial_entropy(traj, slot)
-            if live.mark is not None and (np.sum(traj.mask[live.mark[3]:]) >= self.policy.lookahead_tokens
-                                          or status != RUNNING):
-                self._lookahead(slot, live)
-            if status == RUNNING:
-                continue
-            if status == STOP_STRING:
-                self._tool_call(slot, live, int(res.stop_index[slot]))
-            else:
-                self._finish(slot, FINISH.get(status, "stop"))
-
-    def _tool_call(self, slot: int, live: _Live, stop_index: int) -> None:
-        traj = live.traj
-        if traj.num_tool_calls >= self.cfg.max_tool_calls:
-            if self.cfg.tool_limit_action == "eos":
-                traj.add_inserted_tokens([self.eos_ids[0]])
-            self._finish(slot, "tool_limit")
-            return
-        start = traj.segment_start()
-        seg_text = self._decode(traj.tokens[start:])
-        stop = self.stops[stop_index] if 0 <= stop_index < len(self.stops) else None
-        call = self.dispatcher.parse(seg_text, stop=stop)
-        if call is None:
-            call = ParseError("no_call", "Error: no complete tool call was found before the closing tag.")
-        m = np.asarray(traj.mask[start:], bool)
-        before = float(np.asarray(traj.entropies[start:])[m][-self.cfg.entropy_tokens:].mean()) if m.any() else 0.0
-        live.pending_call = (self.dispatcher.submit(call), getattr(call, "tool", "") or "", getattr(call, "body", ""),
-                             before, self._round)
-        self._segment_end(slot, live, start)
-
-    def _due_tools(self, block: bool) -> list[int]:
-        """Slots whose tool result is to be appended now (deterministic: submitted before the
-        last chunk; else: done), waiting for them as needed."""
-        pending = {s: l for s, l in self._live.items() if l.pending_call is not None}
-        if not pending:
-            return []
-        if self.cfg.deterministic:
-            if block:  # nothing can decode: an idle round, as if a chunk had run without these slots
-                self._round += 1
-            ready = [s for s, l in pending.items() if l.pending_call[4] < self._round]
-            wait([pending[s].pending_call[0] for s in ready])
-            return ready
-        if block:
-            wait([l.pending_call[0] for l in pending.values()], return_when=FIRST_COMPLETED)
-        return [s for s, l in pending.items() if l.pending_call[0].done()]
-
-    def _collect_tools(self, block: bool) -> None:
-        """Appends every finished tool result (blocking for one when nothing else can run).
-        Slots are handled in trajectory creation order (``_live`` order), not slot order, so a
-        prompt's events do not depend on which slots its trajectories happen to occupy."""
-        slots, spans = [], []
-        for s in self._due_tools(block):
-            live = self._live[s]
-            fut, tool, body, before, _ = live.pending_call
-            live.pending_call = None
-            obs = fut.result()
-            ids = self.tokenizer.encode(obs.text, add_special_tokens=False)
-            room = min(self.sampler.room(s), int(self.sampler.budget[s]))
-            ids = ids[:room]
-            traj = live.traj
-            rec = ToolRecord(tool=obs.tool or tool, body=body, status=obs.status, ok=obs.ok,
-                             latency_s=float(obs.latency_s), start=len(traj.tokens), end=len(traj.tokens) + len(ids),
-                             entropy_before=before)
-            traj.tool_calls.append(rec)
-            if not ids:
-                self._drop_deferred(live)
-                self._finish(s, "budget")
-                continue
-            traj.obs_spans.append(traj.add_inserted_tokens(ids))
-            slots.append(s)
-            spans.append(ids)
-        if not slots:
-            return
-        self.sampler.append(slots, spans)
-        for s, ids in zip(slots, spans):
-            live = self._live[s]
-            if self.sampler.status[s] != RUNNING:  # the result used up the budget
-                self._drop_deferred(live)
-                self._finish(s, "budget")
-                continue
-            self._result_appended(s, live, ids[-1])
-
-    def _refill(self) -> None:
-        """Prompts whose trajectories all ended below M get the fresh samples their policy asks for."""
-        active = Counter(l.traj.prompt_index for l in self._live.values())
-        queued = Counter(self._queue)
-        for p, n in enumerate(self._count):
-            if n < self.cfg.total_rollouts and not active[p] and not queued[p]:
-                add = self.policy.refill(self.cfg.total_rollouts - n)
-                self._count[p] += add
-                self._queue.extend([p] * add)

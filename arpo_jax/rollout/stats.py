@@ -18,8 +18,10 @@ def _mean(values) -> float:
 
 
 def rollout_stats(trajs: Sequence[Trajectory], decisions: Sequence[dict], timing: Mapping[str, float],
-                  sampler_delta: Mapping[str, int], num_prompts: int, prompts_cut: int = 0) -> dict[str, float]:
-    """Flat metrics of one rollout (keys prefixed ``rollout/``)."""
+                  sampler_delta: Mapping[str, int], num_prompts: int, prompts_cut: int = 0,
+                  scheduling: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Flat metrics of one rollout (keys prefixed ``rollout/``). ``scheduling``: the engine's
+    counters (branches granted / made / returned / dropped, prompt prefills, evictions, ...)."""
     out: dict[str, float] = {}
     n = max(len(trajs), 1)
     model_tokens = sum(t.num_model_tokens for t in trajs)
@@ -64,4 +66,5 @@ def rollout_stats(trajs: Sequence[Trajectory], decisions: Sequence[dict], timing
         out["tokens_per_s"] = generated / timing["generate_s"]
     for k, v in sampler_delta.items():
         out[f"sampler/{k}"] = float(v)
+    out.update(scheduling or {})
     return {f"rollout/{k}": v for k, v in out.items()}

@@ -182,16 +182,18 @@ def test_stale_baseline_keeps_the_first_value_per_slot(setup, monkeypatch):
     flatter, _ = build_model(tok)
     flatter.lm_head[...] = model.lm_head[...] * 0.8
     eng.update_params(flatter)
-    slots = []  # the slot of each decision, in decision order (the results do not record it)
-    decide = eng.policy.on_segment_end
-    monkeypatch.setattr(eng.policy, "on_segment_end",
-                        lambda traj, slot, *a: (slots.append(slot), decide(traj, slot, *a))[1])
+    seen = {}  # (trajectory, position) of each decision → (slot, table value then): the results do not record it
+    decide, stale_table = eng.policy.on_segment_end, eng.policy.stale_initial
+    monkeypatch.setattr(eng.policy, "on_segment_end", lambda traj, slot, *a: (
+        seen.setdefault((id(traj), len(traj.tokens)), (slot, stale_table.get(slot))), decide(traj, slot, *a))[1])
     res = eng.run([prompt_ids(tok)] * P, seed=2)
-    assert eng.policy.stale_initial == table  # never reset or updated
-    assert len(slots) == len(res.decisions) and res.decisions
+    final = eng.policy.stale_initial
+    assert {s: final[s] for s in table} == table  # never reset or updated (new slots may be added)
+    assert len(seen) == len(res.decisions) and res.decisions
     by_uid = {t.uid: t for t in res.trajectories}
     stale = 0
-    for d, slot in zip(res.decisions, slots):
+    for d in res.decisions:
+        slot, then = seen[id(by_uid[d["uid"]]), d["position"]]
         root = by_uid[d["uid"]]
         while root.parent >= 0:
             root = by_uid[root.parent]
@@ -200,8 +202,8 @@ def test_stale_baseline_keeps_the_first_value_per_slot(setup, monkeypatch):
             expected = table[slot]
             assert abs(own - expected) > 1e-3, (own, expected)
             stale += 1
-        else:  # a slot no fresh trajectory started in before: the trajectory's own baseline
-            expected = own
+        else:  # a slot first filled in this run: the first value it saw, if any yet, else its own
+            expected = own if then is None else then
         assert math.isclose(d["initial_entropy"], expected, rel_tol=1e-5, abs_tol=1e-7), (d, slot, expected)
         assert math.isclose(d["delta_h"], d["entropy"] - expected, rel_tol=1e-5, abs_tol=1e-6), d
     assert stale >= len(res.decisions) // 2  # most decisions (here all) ran on a stale baseline

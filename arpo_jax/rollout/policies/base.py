@@ -6,12 +6,20 @@ object the engine (``RolloutEngine``) calls at fixed moments of the agent loop; 
 touches the sampler. Its entropies come from the ``Trajectory`` buffers, where the engine
 copied the per-token entropies of every decode chunk it read back: a decision costs no device
 call. The engine keeps the mechanics: slots, forks, the per-prompt budget (a decision's Z
-branches are granted only while the prompt has fewer than M trajectories, and only into free
-slots) and the order of the prompt's random draws.
+branches are granted only while the prompt has fewer than M trajectories; every prompt runs
+with M slots reserved, so a granted branch is always made) and the order of the prompt's
+random draws.
 
 Hooks (the engine calls the decision hooks only while the prompt has fewer than M):
 
 * ``initial_samples``: fresh samples per prompt at the start (trajectory-level: M; ARPO: N).
+* ``initial_samples_for(root_entropy, rng)``: asked once per prompt, right after its single
+  prefill: how many initial samples to start (in [1, M]; default ``initial_samples``, no
+  draw). ``root_entropy`` is the full-vocabulary entropy of the prompt's next-token
+  distribution (``next_token_entropy`` of ``Sampler.next_logits``, at the sampling
+  temperature) when the policy sets ``wants_root_entropy = True`` (one device call and
+  read-back per prompt), else ``None``. An entropy-adaptive policy (AEPO) sizes the initial
+  sampling here.
 * ``initial_entropy(traj, slot)``: H_initial, once the trajectory's first k model tokens are
   in (or it stopped before k).
 * ``on_segment_end(traj, slot, start, rng)``: a segment (from response position ``start``)
@@ -24,9 +32,10 @@ Hooks (the engine calls the decision hooks only while the prompt has fewer than 
   fresh samples to start now (the hook is asked again once those have ended).
 
 A decision hook returns ``None`` (no decision) or ``decision(...)``'s record, which the engine
-completes with ``granted`` and returns in ``RolloutResult.decisions``. ``rng`` is the prompt's
-``numpy.random.Generator``: draw from it (and only from it) to keep rollouts a function of
-(params, prompt, seed).
+completes with ``granted`` (branches granted) and ``returned`` (granted branches handed back
+because their source ended at its tool result, out of budget) and returns in
+``RolloutResult.decisions``. ``rng`` is the prompt's ``numpy.random.Generator``: draw from it
+(and only from it) to keep rollouts a function of (params, prompt, seed).
 
 Adding a policy: one module in this package with a ``BranchingPolicy`` subclass decorated with
 ``@register("name")``, imported in ``policies/__init__.py`` (docs/branching.md).
@@ -65,6 +74,16 @@ def make_policy(cfg: RolloutConfig, vocab_size: int) -> BranchingPolicy:
     return POLICIES[cfg.policy](cfg, vocab_size)
 
 
+def next_token_entropy(logits: np.ndarray, temperature: float = 1.0) -> float:
+    """Exact entropy (nats) of softmax(logits / temperature) over a logit vector [V] (-inf allowed)."""
+    z = np.asarray(logits, np.float64) / temperature
+    z = z - z.max()
+    p = np.exp(z)
+    p /= p.sum()
+    nz = p > 0
+    return float(-(p[nz] * np.log(p[nz])).sum())
+
+
 class BranchingPolicy:
     """M fresh samples per prompt, no branching, no refill; H (recorded as each trajectory's
     initial entropy) = mean exact entropy of a segment's first k model tokens.
@@ -76,6 +95,7 @@ class BranchingPolicy:
     name = ""
     topk_entropy = 0
     lookahead_tokens = 0
+    wants_root_entropy = False
 
     def __init__(self, cfg: RolloutConfig, vocab_size: int):
         self.cfg, self.vocab_size = cfg, vocab_size
@@ -94,6 +114,11 @@ class BranchingPolicy:
     @property
     def initial_samples(self) -> int:
         return self.cfg.total_rollouts
+
+    def initial_samples_for(self, root_entropy: float | None, rng: np.random.Generator) -> int:
+        """Initial samples of a prompt whose root entropy is ``root_entropy`` (None unless
+        ``wants_root_entropy``); draw only from ``rng``, the prompt's stream."""
+        return self.initial_samples
 
     def segment_entropy(self, traj: Trajectory, start: int, end: int) -> float:
         """H of response positions [start, end): its first k model tokens."""
@@ -114,7 +139,7 @@ class BranchingPolicy:
     @staticmethod
     def decision(traj: Trajectory, *, entropy: float, initial_entropy: float, delta_h: float, probability: float,
                  uniform: float, branch: bool) -> dict:
-        """A decision's record (``granted`` is filled in by the engine)."""
+        """A decision's record (``granted`` / ``returned`` are filled in by the engine)."""
         return dict(prompt_index=traj.prompt_index, uid=traj.uid, position=len(traj.tokens), entropy=entropy,
                     initial_entropy=initial_entropy, delta_h=delta_h, probability=probability, uniform=uniform,
-                    branch=branch, granted=0)
+                    branch=branch, granted=0, returned=0)
