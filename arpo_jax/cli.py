@@ -195,7 +195,8 @@ def cmd_plan(args) -> int:
     return run_plan_command(args)
 
 
-BENCHES = {"sampler": "arpo_jax.apps.sampler_bench"}
+BENCHES = {"sampler": "arpo_jax.apps.sampler_bench", "update": "arpo_jax.apps.update_bench",
+           "rollout": "arpo_jax.apps.rollout_bench"}
 
 
 def _add_checkpoint_commands(sub) -> None:

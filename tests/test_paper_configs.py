@@ -11,7 +11,8 @@ from arpo_jax.training.sft_config import SFTConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-RL_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name.startswith(("arpo_", "grpo_")))
+RL_PREFIXES = ("arpo_", "grpo_", "aepo_", "tree_grpo_")
+RL_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name.startswith(RL_PREFIXES))
 PAPER = {  # file: (model dir, train file, M, N, prompts per step, response, tool calls)
     "arpo_qwen2.5_7b_reasoning.yaml": ("Qwen2.5-7B-Instruct", "train_10k", 16, 8, 128, 4096, 3),
     "grpo_qwen2.5_7b_reasoning.yaml": ("Qwen2.5-7B-Instruct", "train_10k", 16, 8, 128, 4096, 3),

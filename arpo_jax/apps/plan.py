@@ -11,7 +11,9 @@ Exact (from the real partition rules on an ``AbstractMesh``, no devices needed):
               sampler).
   grads       one parameter-sized tree (parameter dtype); two with gradient accumulation.
 Estimated (worst case: every prompt max_prompt_tokens long, every response the full budget;
-b = micro-batch rows per device, T = max_prompt + max_response, Dt = compute dtype bytes,
+b = micro-batch rows per device, T = max_prompt + max_response, Dt = compute dtype bytes
+(``train.packing``: b = packed rows per device, one per prompt tree of T = max_prompt + M·max_response;
+``model.config.attention_impl`` other than reference: one 512² score block per head instead of T²),
 Nd/Kd/Fd/Vd = heads, kv heads, ffn width, vocab per device after the tensor split):
   per layer, kept for the backward pass:  b·T·[(16 + 4·Dt)·D + 3·Dt·Fd + 3·Dt·(Nd + 2·Kd)·H]
     (fp32 RMSNorm internals, residuals, q/k/v, gate/up/product) + b·Nd·T²·(10 + Dt) (the naive
@@ -181,8 +183,8 @@ def _reason(est: Estimate, ph: dict[str, int], usable: int | None, max_slots: in
 
 def _notes(est: Estimate, peak: int, slot_div: int) -> list[str]:
     notes = list(est.notes)
-    if est.b * slot_div != est.micro_rows:
-        notes.append(f"micro-batch of {est.micro_rows} rows does not split over data×fsdp={slot_div}: "
+    if est.b * slot_div != est.update_rows:
+        notes.append(f"micro-batch of {est.update_rows} rows does not split over data×fsdp={slot_div}: "
                      f"{est.b} rows per device")
     if not est.mcfg.remat and est.acts > 0.25 * peak:
         notes.append("model.remat=false: activations of every layer are kept; remat=true keeps one layer's")
@@ -200,6 +202,7 @@ def _shapes(est: Estimate, devices: int) -> dict[str, Any]:
     hosts, num_slots = est.hosts, est.num_slots
     return dict(devices=devices, hosts=hosts, rollout_mesh=dict(est.ro_mesh.shape), micro_rows=est.micro_rows,
                 rows_per_device=est.b, num_micro=est.num_micro, seq_len=est.seq, logits_chunk=est.chunk,
+                packed=est.packed, attention_impl=getattr(est.mcfg, "attention_impl", "reference"),
                 num_slots=num_slots, slots_per_device=rows_per_device(num_slots // hosts, est.ro_mesh),
                 capacity=est.capacity, decode_window=est.win, prefill_rows=est.prefill_rows(num_slots),
                 prefill_window=est.t_w, score_rows=est.score_rows if est.scoring else 0, heads_per_device=est.nd,

@@ -161,19 +161,42 @@ class Estimate:
         d, h = mcfg.hidden_size, mcfg.head_dim
         return rows * seq * ((norm_bytes + 4 * dt) * d + 3 * dt * self.fd + 3 * dt * (self.nd + 2 * self.kd) * h)
 
+    def _update_rows(self) -> int:
+        """Rows of an update micro-batch and their length ``self.seq``: one row per trajectory of
+        max_prompt + max_response tokens, or with ``train.packing`` one packed row per prompt tree
+        of max_prompt + M·max_response tokens (worst case: forks share nothing but the prompt)."""
+        ro, tr = self.cfg.rollout, self.cfg.train
+        self.packed = bool(getattr(tr, "packing", False))
+        if not self.packed:
+            self.seq = ro.max_prompt_tokens + ro.max_response_tokens
+            return self.micro_rows
+        self.seq = ro.max_prompt_tokens + self.per_prompt * ro.max_response_tokens
+        return -(-self.micro_rows // self.per_prompt)
+
+    def _attention_bytes(self, rows: int, score_bytes: int) -> tuple[int, int]:
+        """(scores of one layer, mask) of ``rows`` rows per device: Nd·T² scores and a T² bool
+        mask (``attention_impl`` reference), or one 512 × 512 block per head with the per-query
+        softmax statistics, and the key_end vector (blockwise kernels: no T² term)."""
+        seq, impl = self.seq, getattr(self.mcfg, "attention_impl", "reference")
+        if impl == "reference":
+            return rows * self.nd * seq * seq * score_bytes, rows * seq * seq
+        blk = min(seq, 512)
+        return rows * self.nd * (blk * blk * score_bytes + seq * 8), rows * seq * 4
+
     def _update_bytes(self, logits_chunk: int | None) -> None:
         """The update's micro-batch activations and gradients."""
         cfg, mcfg, dt = self.cfg, self.mcfg, self.dt
-        ro, tr, data = cfg.rollout, cfg.train, cfg.data
-        self.seq = seq = ro.max_prompt_tokens + ro.max_response_tokens
+        tr, data = cfg.train, cfg.data
         self.mini_rows = -(-data.prompts_per_step * self.per_prompt // tr.mini_batches)
         self.micro_rows = min(tr.micro_batch_size or self.mini_rows, self.mini_rows)
         self.num_micro = -(-self.mini_rows // self.micro_rows)
-        self.b = b = rows_per_device(self.micro_rows, self.mesh)
+        self.update_rows = self._update_rows()
+        self.b = b = rows_per_device(self.update_rows, self.mesh)
+        seq = self.seq
         self.chunk = logits_chunk if logits_chunk is not None else getattr(tr, "logits_chunk", 0)
         self.c = min(self.chunk, seq) if self.chunk else seq
-        per_layer = self._layer_bytes(b, 16) + b * self.nd * seq * seq * (ATT_BYTES_FP32 + dt)
-        mask = b * seq * seq
+        scores, mask = self._attention_bytes(b, ATT_BYTES_FP32 + dt)
+        per_layer = self._layer_bytes(b, 16) + scores
         self.logits = b * self.c * self.vd * LOGIT_BYTES
         if mcfg.remat:
             self.acts = mcfg.num_layers * b * seq * mcfg.hidden_size * dt + per_layer + mask + self.logits
@@ -187,14 +210,15 @@ class Estimate:
 
     def _score_bytes(self, score_rows: int | None) -> None:
         """The scoring forward pass (no gradients: one layer's working set at a time)."""
-        cfg, seq = self.cfg, self.seq
+        cfg = self.cfg
         self.scoring = cfg.train.old_logprobs == "recompute" or cfg.loss.kl_coef > 0
         self.score_rows = min(score_rows or self.micro_rows, self.mini_rows)
-        self.bs = bs = rows_per_device(self.score_rows, self.mesh)
+        rows = -(-self.score_rows // self.per_prompt) if self.packed else self.score_rows
+        self.bs = bs = rows_per_device(rows, self.mesh)
         self.score_acts = 0
         if self.scoring:
-            self.score_acts = (self._layer_bytes(bs, 8) + bs * (self.nd * seq * seq * (8 + self.dt) + seq * seq
-                                                                  + self.c * self.vd * LOGIT_BYTES))
+            self.score_acts = (self._layer_bytes(bs, 8) + sum(self._attention_bytes(bs, 8 + self.dt))
+                               + bs * self.c * self.vd * LOGIT_BYTES)
 
     def _gathered_bytes(self, m) -> int:
         """Weights all-gathered for compute with fsdp > 1: two layers and the embedding / lm_head."""

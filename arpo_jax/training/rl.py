@@ -42,12 +42,14 @@ from arpo_jax.training.distributed import (allgather_max, global_batch, local_co
                                            rows_held)
 from arpo_jax.training.loop import TrainTask
 from arpo_jax.training.metrics_log import RolloutDumpWriter
-from arpo_jax.training.rl_batch import (StepRollout, advantages, gather_rollout, minibatch_groups, policy_arrays,
-                                        reward_metrics, score_trajectories)
+from arpo_jax.algorithms.packing import row_bucket
+from arpo_jax.training.rl_batch import (PackLayout, StepRollout, TrajectoryBatch, advantages, gather_rollout,
+                                        minibatch_groups, pack_layout, packed_arrays, packed_rows_needed,
+                                        policy_arrays, reward_metrics, score_trajectories)
 from arpo_jax.training.rl_config import RLConfig
 from arpo_jax.data.rl_data import PromptLoader, encode_examples, read_prompts
 from arpo_jax.training.state import TrainState
-from arpo_jax.training.update import PolicyUpdater, cached_optimizer, make_policy_batch
+from arpo_jax.training.update import PolicyUpdater, cached_optimizer, make_packed_policy_batch, make_policy_batch
 
 SUMMARY_KEYS = ("reward/mean", "reward/accuracy", "rollout/tool_calls_per_traj", "rollout/branches_per_prompt",
                 "update/loss", "val/accuracy")
@@ -134,8 +136,11 @@ class RLRunner(TrainTask):
             ref = build_model(cfg.model, len(self.tokenizer), self.mesh)[0]
             self.ref_params = jax.tree.map(jnp.copy, nnx.split(ref)[1])
         vocab_size = min(len(self.tokenizer), state.mcfg.vocab_size)
+        num_micro = self.num_micro
+        if cfg.train.packing:  # micro-batches hold whole trees: no more of them than this process has trees
+            num_micro = min(num_micro, max((self.share.stop - self.share.start) // cfg.train.mini_batches, 1))
         self.updater = PolicyUpdater(state.graphdef, self.optimizer, cfg.loss, cfg.rollout.temperature,
-                                     self.num_micro, vocab_size, cfg.train.logits_chunk)
+                                     num_micro, vocab_size, cfg.train.logits_chunk)
         model = nnx.merge(state.graphdef, local_copy(state.params, self.rollout_mesh, state.mcfg.jnp_dtype))
         rcfg = dataclasses.replace(cfg.rollout, num_slots=cfg.rollout.num_slots // jax.process_count())
         self.engine = RolloutEngine(model, self.tokenizer, self.dispatcher, rcfg, protocol=cfg.tools.protocol,
@@ -163,41 +168,69 @@ class RLRunner(TrainTask):
     # ------------------------------------------------------------------- steps
     def _global(self, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This process's rows of a mini-batch → global arrays with rows over (data, fsdp)."""
-        if jax.process_count() == 1:
-            return {k: jax.device_put(v, self.row_sharding) for k, v in arrays.items()}
-        return global_batch(arrays, self.row_sharding)
+        n = jax.process_count()
+        put = jax.device_put if n == 1 else global_batch
+        return {k: put(v, rows_sharding(self.mesh, 2, len(v) * n)) for k, v in arrays.items()}
 
-    def policy_batches(self, params, trajs, tok_adv, weights) -> tuple[list[dict], list[jax.Array]]:
+    def _padded_arrays(self, parts: list[TrajectoryBatch], tok_adv, weights, groups) -> list[dict]:
+        """One padded row per trajectory: ``local_rows`` rows at the length bucket of the
+        mini-batch's longest sequence on any process (or ``train.pad_len``)."""
+        cfg, t = self.config, self.config.train
+        longest = allgather_max([int(p.seq_lengths.max(initial=1)) for p in parts])
+        cap = max(cfg.rollout.max_prompt_tokens + cfg.rollout.max_response_tokens, int(longest.max()), 64)
+        return [policy_arrays(p, tok_adv[g], weights[g], self.tokenizer.pad_token_id, rows=self.local_rows,
+                              length=max(t.pad_len, int(n)) if t.pad_len else bucket(int(n), 64, cap))
+                for p, g, n in zip(parts, groups, longest)]
+
+    def _packed_arrays(self, parts: list[TrajectoryBatch], tok_adv, weights, groups) -> list[dict]:
+        """Tree-packed rows: every process packs its own trees; the row length, sequence length,
+        trajectory slots and packed row count are the maxima over processes (two collectives)."""
+        k = self.updater.num_micro
+        lays = [pack_layout(p, k) for p in parts]
+        agreed = allgather_max([[x.row_len, x.seq_len, max(x.traj_rows, self.local_rows // k)]
+                                for x in lays])
+        rows = allgather_max([packed_rows_needed(p, x.micro, int(a[0])) for p, x, a in zip(parts, lays, agreed)])
+        out = []
+        for p, g, x, a, r in zip(parts, groups, lays, agreed, rows):
+            lay = PackLayout(x.micro, int(a[0]), row_bucket(int(r)), int(a[1]), int(a[2]))
+            out.append(packed_arrays(p, tok_adv[g], weights[g], lay, self.tokenizer.pad_token_id,
+                                     row_base=jax.process_index() * lay.rows))
+        return out
+
+    def policy_batches(self, params, batch: TrajectoryBatch, tok_adv, weights) -> tuple[list[dict], list[jax.Array]]:
         """The step's mini-batches as global arrays, and the sampler–trainer log-prob gaps.
 
         Mini-batches by prompt (verl's ppo_mini_batch), strided over the step's prompt list
-        (``minibatch_groups``): every process feeds ``local_rows`` rows of each (empty rows pad
-        it) at the length bucket of the mini-batch's longest sequence on any process, so the
-        shapes, and the compiles, are the same everywhere. Lengths are power-of-two buckets up
-        to the longest a trajectory can be, so the update compiles once per bucket.
+        (``minibatch_groups``), as tree-packed rows (``train.packing``) or one padded row per
+        trajectory, at shapes all processes agree on (power-of-two and ``length_bucket`` buckets),
+        so the compiles are the same everywhere and few. Old-log-prob recompute and reference
+        scoring run on the same rows.
         """
         cfg, t = self.config, self.config.train
-        groups = minibatch_groups(trajs, t.mini_batches, self.share.start)
-        longest = allgather_max([max((len(trajs[j].prompt_tokens) + len(trajs[j].tokens) for j in g), default=1)
-                                 for g in groups])
-        cap = max(cfg.rollout.max_prompt_tokens + cfg.rollout.max_response_tokens, int(longest.max()), 64)
-        batches, gaps = [], []
-        for g, n in zip(groups, longest):
+        groups = minibatch_groups(batch.forest.group, t.mini_batches, self.share.start)
+        for g in groups:
             if len(g) > self.local_rows:
                 raise RuntimeError(f"{len(g)} trajectories for the {self.local_rows} rows of a mini-batch")
-            arrays = policy_arrays([trajs[j] for j in g], tok_adv[g], weights[g], self.tokenizer.pad_token_id,
-                                   rows=self.local_rows,
-                                   length=max(t.pad_len, int(n)) if t.pad_len else bucket(int(n), 64, cap))
+        parts = [batch.select(g) for g in groups]
+        build = self._packed_arrays if t.packing else self._padded_arrays
+        batches, gaps = [], []
+        for arrays in build(parts, tok_adv, weights, groups):
             b = self._global(arrays)
             if t.old_logprobs == "recompute" or cfg.loss.kl_coef:
-                recomputed = self.updater.score(params, b["tokens"], b["attention_mask"])[0] * b["loss_mask"]
+                recomputed = self._score(params, b)[0] * b["loss_mask"]
                 gaps.append(jnp.abs(recomputed - b["old_logprobs"]).sum() / jnp.maximum(b["loss_mask"].sum(), 1.0))
                 if t.old_logprobs == "recompute":
                     b["old_logprobs"] = recomputed
             if cfg.loss.kl_coef:
-                b["ref_logprobs"] = self.updater.score(self.ref_params, b["tokens"], b["attention_mask"])[0]
+                b["ref_logprobs"] = self._score(self.ref_params, b)[0]
             batches.append(b)
         return batches, gaps
+
+    def _score(self, params, b: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        """(log-probs, entropies) [B, T] of a mini-batch's trajectories under ``params``."""
+        if self.config.train.packing:
+            return self.updater.score_packed(params, make_packed_policy_batch(**b))
+        return self.updater.score(params, b["tokens"], b["attention_mask"])
 
     def step(self, state: TrainState, loss_scale: jax.Array, updates_done: int) -> dict[str, Any]:
         """Rollout of this process's prompts, rewards, advantages and the updates of one step →
@@ -214,7 +247,7 @@ class RLRunner(TrainTask):
         seq_adv, tok_adv, weights = advantages(trajs, np.asarray([r.score for r in rewards], np.float32),
                                                cfg.algorithm)
         t_reward = time.perf_counter() - t0 - t_rollout
-        batches, gaps = self.policy_batches(state.params, trajs, tok_adv, weights)
+        batches, gaps = self.policy_batches(state.params, TrajectoryBatch.from_trajectories(trajs), tok_adv, weights)
         gathered = gather_rollout(result, rewards, seq_adv, self.share.start, cfg.data.prompts_per_step)
         metrics: dict[str, Any] = dict(gathered.stats)
         metrics.update(reward_metrics(gathered.rewards, gathered.trajectories))
@@ -240,8 +273,8 @@ class RLRunner(TrainTask):
         upd = []
         for _ in range(self.config.train.ppo_epochs):
             for b in batches:
-                state.params, state.opt_state, m = self.updater.apply(state.params, state.opt_state,
-                                                                      make_policy_batch(**b), loss_scale)
+                batch = make_packed_policy_batch(**b) if self.config.train.packing else make_policy_batch(**b)
+                state.params, state.opt_state, m = self.updater.apply(state.params, state.opt_state, batch, loss_scale)
                 upd.append(m)
         upd, gaps = jax.device_get((upd, gaps))
         out = {f"update/{k}": float(np.mean([u[k] for u in upd])) for k in upd[0]}

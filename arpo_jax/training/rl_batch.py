@@ -1,5 +1,5 @@
-"""From a rollout to an update: rewards, advantages (GRPO / ARPO soft / ARPO hard /
-REINFORCE++), the padded ``PolicyBatch`` arrays and the step's metrics over all processes.
+"""From a rollout to an update: rewards, advantages (the registered estimators: GRPO, ARPO
+soft / hard, REINFORCE++, Tree-GRPO), the padded ``PolicyBatch`` arrays and the step's metrics over all processes.
 
 Layout: row b is prompt + response of trajectory b, right-padded to T (a power-of-two bucket,
 so the update compiles once per bucket). Advantages are computed on response-aligned [B, Tr]
@@ -14,10 +14,10 @@ import dataclasses
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from arpo_jax.algorithms import advantages as adv_lib
+from arpo_jax.algorithms import estimators
+from arpo_jax.algorithms.packing import Forest, first_fit, length_bucket, pack_forest, row_bucket
 from arpo_jax.rewards import RewardConfig, RewardResult, reward_for
 from arpo_jax.rollout import RolloutResult
 from arpo_jax.rollout.stats import rollout_stats
@@ -54,67 +54,172 @@ def response_arrays(trajs: Sequence[Trajectory]) -> dict[str, np.ndarray]:
 
 def advantages(trajs: Sequence[Trajectory], rewards: np.ndarray, cfg: AlgorithmConfig
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(sequence advantages [B], token advantages [B, Tr], token weights [B, Tr]), response-aligned.
-
-    grpo / arpo_soft: GRPO over each prompt's trajectories, every model token of b gets
-    A_b (soft: shared prefixes count once per trajectory holding them). arpo_hard: a token
-    shared by several trajectories of the tree gets the mean of their advantages and weight
-    1 / multiplicity (counted once). reinforce_pp: REINFORCE++-baseline whitening.
-    """
+    """(sequence advantages [B], token advantages [B, Tr], token weights [B, Tr]), response-aligned:
+    the estimator ``cfg.advantage`` names (``arpo_jax.algorithms.estimators.ESTIMATORS``) on the
+    rewards, prompt groups, rollout tree and loss mask of ``trajs``."""
     resp = response_arrays(trajs)
-    mask = jnp.asarray(resp["mask"])
-    groups = jnp.asarray([t.prompt_index for t in trajs], jnp.int32)
-    r = jnp.asarray(rewards, jnp.float32)
-    seq = adv_lib.grpo_advantages(r, groups, eps=cfg.eps, normalize_std=cfg.norm_by_std)
-    weights = mask.astype(jnp.float32)
-    if cfg.advantage in ("grpo", "arpo_soft"):
-        tok = adv_lib.soft_token_advantages(seq, mask)
-    elif cfg.advantage == "arpo_hard":
+    parent, branch_pos = tree_arrays(list(trajs))
+    inputs = estimators.AdvantageInputs(rewards=rewards, groups=np.asarray([t.prompt_index for t in trajs], np.int32),
+                                        parent=parent, branch_pos=branch_pos, mask=resp["mask"])
+    out = estimators.compute_advantages(cfg.advantage, inputs, estimators.EstimatorOptions(cfg.eps, cfg.norm_by_std))
+    return np.asarray(out.sequence), np.asarray(out.tokens), np.asarray(out.weights)
+
+
+@dataclasses.dataclass
+class TrajectoryBatch:
+    """A step's trajectories as arrays, converted once (``from_trajectories``): the trees
+    (``forest``: prompts, response ids and lengths, parent / branch_pos as batch indices, prompt
+    group) and response-aligned [B, Tr] mask, log-probs and entropies. The padded and the packed
+    policy batches, the mini-batch split and the token counts are all read from it."""
+
+    forest: Forest
+    mask: np.ndarray
+    logprobs: np.ndarray
+    entropies: np.ndarray
+
+    @classmethod
+    def from_trajectories(cls, trajs: Sequence[Trajectory]) -> "TrajectoryBatch":
+        """One pass over ``trajs``: every list converted to arrays once."""
+        resp = response_arrays(trajs)
+        prompts = [np.asarray(t.prompt_tokens, np.int32) for t in trajs]
+        prompt = np.zeros((len(trajs), max((len(x) for x in prompts), default=1) or 1), np.int32)
+        for i, x in enumerate(prompts):
+            prompt[i, :len(x)] = x
         parent, branch_pos = tree_arrays(list(trajs))
-        tok, weights = adv_lib.hard_token_advantages(seq, jnp.asarray(parent), jnp.asarray(branch_pos), mask)
-    elif cfg.advantage == "reinforce_pp":
-        tok = adv_lib.reinforce_pp_token_advantages(r, mask, groups)
-    else:
-        raise ValueError(f"algorithm.advantage: unknown {cfg.advantage!r}")
-    return np.asarray(seq), np.asarray(tok), np.asarray(weights)
+        forest = Forest(prompt, np.asarray([len(x) for x in prompts], np.int64), resp["tokens"],
+                        np.asarray([len(t.tokens) for t in trajs], np.int64), parent, branch_pos,
+                        np.asarray([t.prompt_index for t in trajs], np.int64))
+        return cls(forest, resp["mask"], resp["logprobs"] * resp["mask"], resp["entropies"])
+
+    def select(self, idx) -> "TrajectoryBatch":
+        """The trajectories ``idx`` (whole trees: parents must be selected with their children)."""
+        idx = np.asarray(idx, np.int64)
+        f, where = self.forest, np.full(len(self.forest.length) + 1, -1, np.int64)
+        where[idx] = np.arange(len(idx))
+        forest = Forest(f.prompt[idx], f.prompt_len[idx], f.tokens[idx], f.length[idx], where[f.parent[idx]],
+                        f.branch_pos[idx], f.group[idx])
+        return TrajectoryBatch(forest, self.mask[idx], self.logprobs[idx], self.entropies[idx])
+
+    @property
+    def seq_lengths(self) -> np.ndarray:
+        """[B] prompt + response tokens of each trajectory."""
+        return self.forest.prompt_len + self.forest.length
 
 
-def policy_arrays(trajs: Sequence[Trajectory], token_adv: np.ndarray, weights: np.ndarray, pad_id: int,
+def _at_prompt_offset(resp: np.ndarray, batch: TrajectoryBatch, rows: int, length: int) -> np.ndarray:
+    """Response-aligned [B, Tr] values → [rows, length], response t of b at column prompt_len[b] + t."""
+    f = batch.forest
+    out = np.zeros((rows, length), resp.dtype)
+    t = np.arange(resp.shape[1])[None, :]
+    b, col = np.nonzero(t < f.length[:, None])
+    out[b, f.prompt_len[b] + col] = resp[b, col]
+    return out
+
+
+def loss_arrays(batch: TrajectoryBatch, token_adv: np.ndarray, weights: np.ndarray, rows: int, length: int
+                ) -> dict[str, np.ndarray]:
+    """[rows, length] loss_mask, old_logprobs, advantages, token_weights (rows past B: zeros)."""
+    return dict(loss_mask=_at_prompt_offset(batch.mask.astype(np.float32), batch, rows, length),
+                old_logprobs=_at_prompt_offset(batch.logprobs, batch, rows, length),
+                advantages=_at_prompt_offset(np.asarray(token_adv, np.float32), batch, rows, length),
+                token_weights=_at_prompt_offset(np.asarray(weights, np.float32), batch, rows, length))
+
+
+def policy_arrays(batch: TrajectoryBatch, token_adv: np.ndarray, weights: np.ndarray, pad_id: int,
                   *, min_len: int = 64, max_len: int | None = None, rows: int | None = None,
                   length: int | None = None) -> dict[str, np.ndarray]:
     """Padded [B, T] arrays for ``make_policy_batch``: tokens, attention_mask, loss_mask,
     old_logprobs, advantages, token_weights. T is a power-of-two bucket >= min_len (or exactly
     ``length``, e.g. agreed by all processes); ``rows`` pads the batch with empty rows (all
     masks 0: they add nothing to any loss sum or denominator) to a fixed count."""
-    lengths = [len(t.prompt_tokens) + len(t.tokens) for t in trajs]
-    longest = max(lengths, default=1)
-    cap = max_len or max(longest, min_len)
-    t_len = length or bucket(longest, min_len, max(cap, longest))
+    f, lengths = batch.forest, batch.seq_lengths
+    longest = int(lengths.max(initial=1))
+    t_len = length or bucket(longest, min_len, max(max_len or max(longest, min_len), longest))
     if t_len < longest:
         raise ValueError(f"length {t_len} is shorter than the longest sequence ({longest})")
-    b = rows or len(trajs)
-    out = dict(tokens=np.full((b, t_len), pad_id, np.int32), attention_mask=np.zeros((b, t_len), np.int32),
-               loss_mask=np.zeros((b, t_len), np.float32), old_logprobs=np.zeros((b, t_len), np.float32),
-               advantages=np.zeros((b, t_len), np.float32), token_weights=np.zeros((b, t_len), np.float32))
-    for i, t in enumerate(trajs):
-        p, n = len(t.prompt_tokens), len(t.tokens)
-        out["tokens"][i, :p] = t.prompt_tokens
-        out["tokens"][i, p:p + n] = t.tokens
-        out["attention_mask"][i, :p + n] = 1
-        m = np.asarray(t.mask, np.float32)
-        out["loss_mask"][i, p:p + n] = m
-        out["old_logprobs"][i, p:p + n] = np.asarray(t.logprobs, np.float32) * m
-        out["advantages"][i, p:p + n] = token_adv[i, :n]
-        out["token_weights"][i, p:p + n] = weights[i, :n]
-    return out
+    b = rows or len(lengths)
+    tokens = _at_prompt_offset(f.tokens, batch, b, t_len)
+    in_prompt = np.arange(f.prompt.shape[1])[None, :] < f.prompt_len[:, None]
+    pb, pt = np.nonzero(in_prompt)
+    tokens[pb, pt] = f.prompt[pb, pt]
+    attention = np.arange(t_len)[None, :] < np.pad(lengths, (0, b - len(lengths)))[:, None]
+    tokens[~attention] = pad_id
+    return dict(tokens=tokens, attention_mask=attention.astype(np.int32),
+                **loss_arrays(batch, token_adv, weights, b, t_len))
 
 
-def minibatch_groups(trajs: Sequence[Trajectory], num_groups: int, offset: int = 0) -> list[list[int]]:
-    """Indices of ``trajs`` in each mini-batch: the prompt at position q of the step's prompt
+def minibatch_groups(prompt_index: np.ndarray, num_groups: int, offset: int = 0) -> list[np.ndarray]:
+    """Trajectory indices of each mini-batch: the prompt at position q of the step's prompt
     list (``offset + prompt_index``) goes to mini-batch q mod ``num_groups``. Strided, so every
     process's contiguous share of the prompts contributes equally to every mini-batch."""
-    return [[j for j, t in enumerate(trajs) if (offset + t.prompt_index) % num_groups == k]
-            for k in range(num_groups)]
+    q = (offset + np.asarray(prompt_index)) % num_groups
+    return [np.flatnonzero(q == k) for k in range(num_groups)]
+
+
+def tree_micro_batches(batch: TrajectoryBatch, num_micro: int) -> list[np.ndarray]:
+    """Trajectory indices of each of ``num_micro`` micro-batches of whole trees: largest tree
+    first, each to the micro-batch holding the fewest tokens among those with fewer than
+    ceil(trees / num_micro) trees (so trajectory counts stay even)."""
+    trees, sizes = batch.forest.trees(), batch.forest.tree_sizes()
+    cap = -(-len(trees) // num_micro)
+    load, parts = np.zeros(num_micro), [[] for _ in range(num_micro)]
+    for i in np.argsort(-sizes, kind="stable"):
+        k = min((k for k in range(num_micro) if len(parts[k]) < cap), key=lambda k: load[k])
+        parts[k].append(trees[i])
+        load[k] += sizes[i]
+    return [np.sort(np.concatenate(x)) if x else np.zeros(0, np.int64) for x in parts]
+
+
+@dataclasses.dataclass(frozen=True)
+class PackLayout:
+    """Shapes of a packed mini-batch: the micro-batches' trajectories, packed ``rows`` of
+    ``row_len`` and ``traj_rows`` trajectory slots of ``seq_len`` per micro-batch."""
+
+    micro: list[np.ndarray]
+    row_len: int
+    rows: int
+    seq_len: int
+    traj_rows: int
+
+
+def packed_rows_needed(batch: TrajectoryBatch, micro: list[np.ndarray], row_len: int) -> int:
+    """Most packed rows of ``row_len`` any micro-batch needs (first-fit decreasing)."""
+    return max((first_fit(batch.select(m).forest.tree_sizes(), row_len)[2] for m in micro), default=1) or 1
+
+
+def pack_layout(batch: TrajectoryBatch, num_micro: int, min_len: int = 64) -> PackLayout:
+    """This batch's own layout: rows of the longest tree's ``length_bucket``, a power-of-two
+    count of them and of sequence length (processes agree on the maxima: ``RLRunner``)."""
+    micro = tree_micro_batches(batch, num_micro)
+    row_len = length_bucket(int(batch.forest.tree_sizes().max(initial=1)), min_len)
+    return PackLayout(micro, row_len, row_bucket(packed_rows_needed(batch, micro, row_len)),
+                      bucket(int(batch.seq_lengths.max(initial=1)), min_len, 1 << 40),
+                      max((len(m) for m in micro), default=1) or 1)
+
+
+def packed_arrays(batch: TrajectoryBatch, token_adv: np.ndarray, weights: np.ndarray, layout: PackLayout,
+                  pad_id: int = 0, row_base: int = 0) -> dict[str, np.ndarray]:
+    """Arrays for ``make_packed_policy_batch``: K = len(layout.micro) micro-batches, the trees of
+    micro-batch k packed (``pack_forest``) into rows k, k + K, … and its trajectories in slots
+    k, k + K, … (as ``split_micro_batches`` splits them), the gather map's rows counted within the
+    micro-batch from ``row_base``; [B, T] loss arrays as ``policy_arrays``'."""
+    k_num, lay = len(layout.micro), layout
+    shape_r, shape_t = (k_num * lay.rows, lay.row_len), (k_num * lay.traj_rows, lay.seq_len)
+    out = {name: np.zeros(shape_r, np.int32) for name in ("tokens", "positions", "key_end", "pred")}
+    out.update({name: np.zeros(shape_t, np.int32) for name in ("row", "col", "valid")})
+    out.update({name: np.zeros(shape_t, np.float32) for name in ("loss_mask", "old_logprobs", "advantages",
+                                                                  "token_weights")})
+    for k, idx in enumerate(layout.micro):
+        part = batch.select(idx)
+        packed = pack_forest(part.forest, lay.row_len, lay.rows, lay.seq_len, pad_id, row_base)
+        for name in ("tokens", "positions", "key_end", "pred"):
+            out[name][k::k_num] = getattr(packed, name)
+        n = len(idx)
+        for name in ("row", "col", "valid"):
+            out[name][k::k_num][:n] = getattr(packed, name)
+        for name, v in loss_arrays(part, token_adv[idx], weights[idx], lay.traj_rows, lay.seq_len).items():
+            out[name][k::k_num] = v
+    return out
 
 
 def reward_metrics(results: Sequence[RewardResult], trajs: Sequence[Trajectory]) -> dict[str, float]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+from arpo_jax.algorithms.estimators import check_estimator
 from arpo_jax.algorithms.losses import PolicyLossConfig
 from arpo_jax.models.source import ModelSourceConfig
 from arpo_jax.rewards.types import RewardConfig
@@ -19,8 +20,6 @@ from arpo_jax.rollout.config import RolloutConfig
 from arpo_jax.tools.config import ToolsConfig
 from arpo_jax.training.loop_config import LoggingConfig, TrainConfig
 from arpo_jax.training.update import OptimizerConfig
-
-ADVANTAGES = ("grpo", "arpo_soft", "arpo_hard", "reinforce_pp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,17 +58,22 @@ class RLDataConfig:
 class AlgorithmConfig:
     """Advantage estimation.
 
-    advantage: "grpo" (group = all trajectories of a prompt), "arpo_soft" (GRPO over the tree:
-      the paper's default, identical numbers to grpo on the same trajectories), "arpo_hard"
-      (shared segments get the mean advantage of the trajectories containing them, counted
-      once), "reinforce_pp".
+    advantage: a registered estimator (``arpo_jax.algorithms.estimators.ESTIMATORS``): "grpo"
+      (group = all trajectories of a prompt), "arpo_soft" (GRPO over the tree: the paper's
+      default, identical numbers to grpo on the same trajectories), "arpo_hard" (shared
+      segments get the mean advantage of the trajectories containing them, counted once),
+      "reinforce_pp", and Tree-GRPO's "tree" (intra-tree + inter-tree GRPO), "tree_inner",
+      "tree_2norm" (docs/beyond.md).
     norm_by_std: divide by the group's reward std (False: Dr.GRPO-style centring only).
     eps: added to the std (release: 1e-6).
     """
 
-    advantage: Literal["grpo", "arpo_soft", "arpo_hard", "reinforce_pp"] = "arpo_soft"
+    advantage: str = "arpo_soft"
     norm_by_std: bool = True
     eps: float = 1e-6
+
+    def __post_init__(self):
+        check_estimator(self.advantage)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +92,11 @@ class RLTrainConfig(TrainConfig):
       materialised for long sequences.
     pad_len: pad every update batch to this many tokens (e.g. max prompt + max response), so
       the update compiles once (0: power-of-two length buckets, one compilation per bucket).
+    packing: the update (and log-prob scoring) on tree-packed rows: each unique token of a
+      prompt's rollout tree computed once (``algorithms.packing``), the same loss and gradients
+      as one padded row per trajectory (False, the default: a micro-batch then holds whole trees
+      of up to max_prompt + M·max_response tokens, more memory per device at the paper's lengths,
+      see configs/README.md).
     val_every: greedy validation (no branching) every n steps (0 = never); val_before_train.
     dump_rollouts: write every step's trajectories to ``<out_dir>/rollouts``.
     """
@@ -97,6 +106,7 @@ class RLTrainConfig(TrainConfig):
     micro_batch_size: int = 0
     old_logprobs: Literal["sampler", "recompute"] = "sampler"
     pad_len: int = 0
+    packing: bool = False
     val_every: int = 0
     val_before_train: bool = False
     dump_rollouts: bool = True

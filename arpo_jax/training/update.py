@@ -7,6 +7,11 @@ global token mean exactly (``(loss_sum, denominator)``), clips, applies AdamW an
 step (parameters and optimizer state unchanged) when the loss or gradient is not finite.
 ``PolicyUpdater`` binds its static settings (graph, optimizer, loss, temperature, micro-batches,
 vocabulary, logits chunk): what the RL loop applies and scores with.
+
+A ``PackedPolicyBatch`` holds the same trajectories as rollout trees packed into rows
+(``algorithms.packing``: each unique token once); its log-probs are computed on the packed rows
+and gathered into the per-trajectory [B, T] layout, where the unchanged ``policy_loss`` runs:
+the same loss and gradients, each shared token's forward and backward computed once.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from arpo_jax.algorithms.accumulation import accumulate_gradients, split_micro_batches
+from arpo_jax.algorithms.accumulation import accumulate_gradients, batch_moments, split_micro_batches
+from arpo_jax.algorithms.aepo import entropy_moments, merge_moments
 from arpo_jax.algorithms.losses import PolicyLossConfig, policy_loss, summarize_loss_output, token_logprobs_and_entropy
 
 
@@ -113,6 +119,56 @@ def make_policy_batch(tokens, attention_mask, loss_mask, old_logprobs, advantage
                        f32(advantages), f32(token_weights), f32(ref_logprobs))
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class PackedPolicyBatch:
+    """One update's rollout trees packed into rows (``algorithms.packing``): each unique token
+    computed once, the loss on today's per-trajectory [B, T] layout through the gather map.
+
+    tokens / positions / key_end / pred: [R, L] packed rows (RoPE positions along each token's
+    path, the interval mask ``k <= q < key_end[k]``, each token's path-predecessor column).
+    row / col: [B, T] the packed slot of token t of trajectory b, ``row`` counted within its
+    micro-batch; valid: [B, T] 1 on real tokens. loss_mask, old_logprobs, advantages,
+    token_weights, ref_logprobs: [B, T] as in ``PolicyBatch``. Micro-batch k holds packed rows
+    k, k + K, … and trajectories k, k + K, … (a tree never straddles micro-batches).
+    """
+
+    tokens: jax.Array
+    positions: jax.Array
+    key_end: jax.Array
+    pred: jax.Array
+    row: jax.Array
+    col: jax.Array
+    valid: jax.Array
+    loss_mask: jax.Array
+    old_logprobs: jax.Array
+    advantages: jax.Array
+    token_weights: jax.Array
+    ref_logprobs: jax.Array
+
+
+PACKED_ROW_FIELDS = ("tokens", "positions", "key_end", "pred")
+
+
+def make_packed_policy_batch(tokens, positions, key_end, pred, row, col, valid, loss_mask, old_logprobs, advantages,
+                             token_weights=None, ref_logprobs=None) -> PackedPolicyBatch:
+    """Builds a PackedPolicyBatch with the right dtypes (weights default to 1, reference to 0)."""
+    i32 = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    shape = jnp.shape(row)
+    token_weights = jnp.ones(shape, jnp.float32) if token_weights is None else token_weights
+    ref_logprobs = jnp.zeros(shape, jnp.float32) if ref_logprobs is None else ref_logprobs
+    return PackedPolicyBatch(i32(tokens), i32(positions), i32(key_end), i32(pred), i32(row), i32(col), i32(valid),
+                             f32(loss_mask), f32(old_logprobs), f32(advantages), f32(token_weights), f32(ref_logprobs))
+
+
+def split_packed(batch: PackedPolicyBatch, num_micro: int) -> PackedPolicyBatch:
+    """[num_micro, ...] micro-batches: packed rows and trajectories each split strided."""
+    fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    rows = split_micro_batches({k: fields.pop(k) for k in PACKED_ROW_FIELDS}, num_micro)
+    return PackedPolicyBatch(**rows, **split_micro_batches(fields, num_micro))
+
+
 def map_time_chunks(score, hidden: jax.Array, targets: jax.Array, chunk: int):
     """``score(hidden [B, C, D], targets [B, C]) -> tuple of [B, C]`` over time chunks of ``chunk``
     tokens (0: all T at once), each under ``jax.checkpoint`` (recomputed in the backward pass), so
@@ -129,6 +185,18 @@ def map_time_chunks(score, hidden: jax.Array, targets: jax.Array, chunk: int):
     return tuple(v.swapaxes(0, 1).reshape(b, -1)[:, :t] for v in outs)
 
 
+def _scorer(model, temperature: float, vocab_size: int | None):
+    """(hidden [B, C, D], targets [B, C]) → (log-probs, entropies) [B, C] at ``temperature``,
+    logits of ids >= ``vocab_size`` masked as the sampler masks them."""
+    def score(h, y):
+        logits = model.logits(h)
+        if vocab_size is not None and vocab_size < logits.shape[-1]:
+            logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
+        return token_logprobs_and_entropy(logits, y, temperature)
+
+    return score
+
+
 def sequence_logprobs(model, tokens: jax.Array, attention_mask: jax.Array, temperature: float = 1.0,
                       vocab_size: int | None = None, logits_chunk: int = 0):
     """Per-token log-probs and entropies [B, T] of ``tokens`` under ``model`` (index 0 → 0).
@@ -141,16 +209,25 @@ def sequence_logprobs(model, tokens: jax.Array, attention_mask: jax.Array, tempe
     """
     hidden = model(tokens, attention_mask=attention_mask, return_hidden=True)[:, :-1]  # [B, T-1, D]
     targets = tokens[:, 1:]  # [B, T-1]
-
-    def score(h, y):  # [B, C, D], [B, C] -> ([B, C], [B, C])
-        logits = model.logits(h)
-        if vocab_size is not None and vocab_size < logits.shape[-1]:
-            logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
-        return token_logprobs_and_entropy(logits, y, temperature)
-
-    logprobs, entropy = map_time_chunks(score, hidden, targets, logits_chunk)
+    logprobs, entropy = map_time_chunks(_scorer(model, temperature, vocab_size), hidden, targets, logits_chunk)
     pad = jnp.zeros((targets.shape[0], 1), jnp.float32)
     return jnp.concatenate([pad, logprobs], 1), jnp.concatenate([pad, entropy], 1)
+
+
+def packed_logprobs(model, mb: PackedPolicyBatch, temperature: float = 1.0, vocab_size: int | None = None,
+                    logits_chunk: int = 0):
+    """(log-probs, entropies) [B, T] of the trajectories of packed micro-batch ``mb``, equal to
+    ``sequence_logprobs`` on their unpacked rows (index 0 and padding → 0).
+
+    One forward pass over the packed rows; the token at column c is scored from the hidden state
+    of its path predecessor ``pred[c]`` (one vocabulary projection per packed token); the
+    per-trajectory values are gathered with the map (``row``, ``col``).
+    """
+    hidden = model(mb.tokens, positions=mb.positions, key_end=mb.key_end, return_hidden=True)  # [R, L, D]
+    h = jnp.take_along_axis(hidden, mb.pred[..., None], axis=1)  # [R, L, D]: the predecessor's state
+    lp, ent = map_time_chunks(_scorer(model, temperature, vocab_size), h, mb.tokens, logits_chunk)  # [R, L]
+    keep = mb.valid.astype(bool).at[:, 0].set(False)  # [B, T]
+    return jnp.where(keep, lp[mb.row, mb.col], 0.0), jnp.where(keep, ent[mb.row, mb.col], 0.0)
 
 
 def apply_if_finite(optimizer, params, opt_state, grads, loss_sum):
@@ -164,19 +241,38 @@ def apply_if_finite(optimizer, params, opt_state, grads, loss_sum):
     return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt_state, opt_state), grad_norm, finite
 
 
-def policy_loss_fn(graphdef, loss_cfg: PolicyLossConfig, temperature: float, vocab_size: int | None = None,
-                   logits_chunk: int = 0):
-    """(params, micro_batch) → PolicyLossOutput for ``accumulate_gradients``."""
+def _token_logprobs(model, mb, temperature: float, vocab_size: int | None, logits_chunk: int):
+    """(log-probs, entropies) in the per-trajectory [B, T] layout of a ``PolicyBatch`` or a
+    ``PackedPolicyBatch`` micro-batch."""
+    if isinstance(mb, PackedPolicyBatch):
+        return packed_logprobs(model, mb, temperature, vocab_size, logits_chunk)
+    return sequence_logprobs(model, mb.tokens, mb.attention_mask, temperature, vocab_size, logits_chunk)
 
-    def loss_fn(params, mb: PolicyBatch):
-        model = nnx.merge(graphdef, params)
-        logprobs, entropy = sequence_logprobs(model, mb.tokens, mb.attention_mask, temperature, vocab_size,
-                                              logits_chunk)
+
+def policy_loss_fn(graphdef, loss_cfg: PolicyLossConfig, temperature: float, vocab_size: int | None = None,
+                   logits_chunk: int = 0, entropy_moments=None):
+    """(params, micro_batch) → PolicyLossOutput for ``accumulate_gradients``; the micro-batch is
+    a ``PolicyBatch`` or a ``PackedPolicyBatch`` (the same loss, from packed log-probs).
+    entropy_moments: the whole batch's (AEPO ``entropy_advantage_scope: batch``)."""
+
+    def loss_fn(params, mb):
+        logprobs, entropy = _token_logprobs(nnx.merge(graphdef, params), mb, temperature, vocab_size, logits_chunk)
         ref = mb.ref_logprobs if loss_cfg.kl_coef else None
         return policy_loss(logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, loss_cfg, ref_logprobs=ref,
-                           entropy=entropy, token_weights=mb.token_weights)
+                           entropy=entropy, token_weights=mb.token_weights, entropy_moments=entropy_moments)
 
     return loss_fn
+
+
+def batch_entropy_moments(graphdef, params, micro_batches, temperature: float, vocab_size: int | None,
+                          logits_chunk: int):
+    """AEPO's global-batch entropy statistics (``aepo.entropy_moments`` merged over the
+    micro-batches): a forward pass per micro-batch before the loss, no gradient."""
+    def stats(p, mb):
+        _, entropy = _token_logprobs(nnx.merge(graphdef, p), mb, temperature, vocab_size, logits_chunk)
+        return entropy_moments(entropy, mb.loss_mask * mb.token_weights)
+
+    return batch_moments(stats, params, micro_batches, merge_moments)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "optimizer", "loss_cfg", "temperature", "num_micro",
@@ -185,17 +281,23 @@ def policy_loss_fn(graphdef, loss_cfg: PolicyLossConfig, temperature: float, voc
 def update(params, opt_state, batch: PolicyBatch, loss_scale=None, *, graphdef, optimizer,
            loss_cfg: PolicyLossConfig, temperature: float = 1.0, num_micro: int = 1, vocab_size: int | None = None,
            logits_chunk: int = 0):
-    """One optimizer step on ``batch`` → (params, opt_state, metrics). Non-finite → skipped.
+    """One optimizer step on ``batch`` (a ``PolicyBatch`` or a ``PackedPolicyBatch``) →
+    (params, opt_state, metrics). Non-finite → skipped.
 
     loss_scale: optional float32 [] multiplying the loss (NaN only to test the safety path).
     """
-    base_fn = policy_loss_fn(graphdef, loss_cfg, temperature, vocab_size, logits_chunk)
+    split = split_packed if isinstance(batch, PackedPolicyBatch) else split_micro_batches
+    micro = split(batch, num_micro)
+    moments = None
+    if loss_cfg.entropy_advantage and loss_cfg.entropy_advantage_scope == "batch":
+        moments = batch_entropy_moments(graphdef, params, micro, temperature, vocab_size, logits_chunk)
+    base_fn = policy_loss_fn(graphdef, loss_cfg, temperature, vocab_size, logits_chunk, moments)
 
     def loss_fn(p, mb):
         out = base_fn(p, mb)
         return out if loss_scale is None else out._replace(loss_sum=out.loss_sum * loss_scale)
 
-    grads, out = accumulate_gradients(loss_fn, params, split_micro_batches(batch, num_micro))
+    grads, out = accumulate_gradients(loss_fn, params, micro)
     params, opt_state, grad_norm, finite = apply_if_finite(optimizer, params, opt_state, grads, out.loss_sum)
     metrics = summarize_loss_output(out)
     metrics.update(grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32))
@@ -215,6 +317,21 @@ def score_tokens(params, tokens, attention_mask, *, graphdef, temperature: float
         return score((tokens, attention_mask))
     lp, ent = jax.lax.map(score, split_micro_batches((tokens, attention_mask), num_micro))  # [K, B/K, T]
     unsplit = lambda x: x.swapaxes(0, 1).reshape(tokens.shape)  # noqa: E731
+    return unsplit(lp), unsplit(ent)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "temperature", "vocab_size", "logits_chunk", "num_micro"))
+def score_packed(params, batch: PackedPolicyBatch, *, graphdef, temperature: float = 1.0,
+                 vocab_size: int | None = None, logits_chunk: int = 0, num_micro: int = 1):
+    """(log-probs, entropies) [B, T] of the trajectories of ``batch`` from its packed rows (as
+    ``score_tokens`` on the unpacked rows), one micro-batch at a time as ``update`` splits it."""
+    def score(mb):
+        return packed_logprobs(nnx.merge(graphdef, params), mb, temperature, vocab_size, logits_chunk)
+
+    if num_micro == 1:
+        return score(batch)
+    lp, ent = jax.lax.map(score, split_packed(batch, num_micro))  # [K, B/K, T]
+    unsplit = lambda x: x.swapaxes(0, 1).reshape(batch.row.shape)  # noqa: E731
     return unsplit(lp), unsplit(ent)
 
 
@@ -250,6 +367,11 @@ class PolicyUpdater:
         return update(params, opt_state, batch, loss_scale, graphdef=self.graphdef, optimizer=self.optimizer,
                       loss_cfg=self.loss_cfg, temperature=self.temperature, num_micro=self.num_micro,
                       vocab_size=self.vocab_size, logits_chunk=self.logits_chunk)
+
+    def score_packed(self, params, batch: PackedPolicyBatch) -> tuple[jax.Array, jax.Array]:
+        """(log-probs, entropies) [B, T] of ``batch``'s trajectories from its packed rows."""
+        return score_packed(params, batch, graphdef=self.graphdef, temperature=self.temperature,
+                            vocab_size=self.vocab_size, logits_chunk=self.logits_chunk, num_micro=self.num_micro)
 
     def score(self, params, tokens, attention_mask) -> tuple[jax.Array, jax.Array]:
         """(log-probs, entropies) [B, T] of ``tokens`` under ``params``, micro-batch by micro-batch."""

@@ -171,3 +171,22 @@ def test_micro_batches_are_strided_and_scoring_them_keeps_the_row_order():
     split = score_tokens(params, tokens, attn, graphdef=graphdef, num_micro=4)
     for a, b in zip(split, full):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_batch_scope_entropy_advantage_is_exact_over_micro_batches():
+    """AEPO's global-batch entropy z-score: the update's first pass makes 4 micro-batches give
+    the one-batch step; the micro-batch scope (as released) does not."""
+    model = create_model(CFG, seed=3)
+    graphdef, params = nnx.split(model)
+    batch = _batch(model, seed=3)
+    steps = {}
+    for scope in ("batch", "micro_batch"):
+        loss_cfg = PolicyLossConfig(entropy_advantage=True, entropy_advantage_scope=scope)
+        for k in (1, 4):
+            updater = PolicyUpdater(graphdef, cached_optimizer(OptimizerConfig(lr=1e-2)), loss_cfg, num_micro=k)
+            p = jax.tree.map(jnp.copy, params)
+            _, _, metrics = updater.apply(p, updater.init(p), batch)
+            steps[scope, k] = float(metrics["loss"]), float(metrics["grad_norm"])
+    np.testing.assert_allclose(steps["batch", 1], steps["batch", 4], rtol=1e-5)
+    np.testing.assert_allclose(steps["batch", 1], steps["micro_batch", 1], rtol=1e-4)  # one micro-batch: one scope
+    assert abs(steps["micro_batch", 4][0] - steps["batch", 4][0]) > 1e-5
