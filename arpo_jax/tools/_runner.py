@@ -103,6 +103,22 @@ def _lifeline(fd, kill_all, cleanup_dir):
     os._exit(137)
 
 
+def _mount_private_tmp(path, size, uid):
+    """Root only: a new mount namespace in which ``path`` (the call's directory, the cwd) is a
+    tmpfs of ``size`` bytes owned by ``uid``: the kernel caps the call's disk, unlinked-but-open
+    files included, however fast they are written. Any step refused: exit before the code runs."""
+    libc = _libc()
+    if libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
+        os._exit(72)
+    if libc.mount(b"none", b"/", None, 16384 | 262144, None) != 0:  # MS_REC | MS_PRIVATE: nothing leaks out
+        os._exit(72)
+    owner = 0 if uid is None else uid
+    opts = f"size={size},mode=0700,uid={owner},gid={owner}".encode()
+    if libc.mount(b"tmpfs", path.encode(), b"tmpfs", 2 | 4, opts) != 0:  # MS_NOSUID | MS_NODEV
+        os._exit(72)
+    os.chdir(path)  # the cwd still named the directory under the mount
+
+
 def _prepare(cfg):
     stdin = sys.stdin.buffer
     size = int(stdin.readline())
@@ -114,6 +130,8 @@ def _prepare(cfg):
     if cfg.get("unshare_net") and _libc().unshare(0x40000000 | 0x08000000 | 0x04000000) != 0:
         os._exit(72)  # NEWNET | NEWIPC | NEWUTS asked for and refused: never run the code on the host's network
     uid = cfg.get("uid")
+    if cfg.get("tmp_dir"):
+        _mount_private_tmp(cfg["tmp_dir"], cfg["tmp_bytes"], uid)
     if uid is not None and os.getuid() == 0:  # no capability survives this
         os.setgroups([])
         os.setgid(uid)

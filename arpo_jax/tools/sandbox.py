@@ -195,6 +195,8 @@ class Sandbox:
             reads = [*_SYSTEM_DIRS, *etc, *_DEVICES, *self._prefixes, *site_dirs(self.exe), *cfg.extra_ro_binds]
             settings.update(no_new_privs=True, unshare_net=self.is_root, landlock=self.landlock > 0,
                             read_roots=reads, write_roots=[tmp, "/dev/null"], cleanup_dir=tmp)
+            if self.is_root:  # a size-capped tmpfs on the call's directory: the kernel enforces tmp_bytes
+                settings.update(tmp_dir=tmp, tmp_bytes=cfg.tmp_bytes)
         return settings
 
     def run(self, code: str, timeout_s: float | None = None) -> SandboxResult:

@@ -33,3 +33,18 @@ def test_documented_gaps_are_the_batterys():
     section = text.split("## What the rlimit fallback does not stop", 1)[1].split("\n## ", 1)[0]
     named = {c.name for c in CASES if f"`{c.name}`" in section}
     assert named == {c.name for c in CASES if c.rlimit_gap}
+
+
+def test_root_gets_a_kernel_capped_tmpfs(tool):
+    """As root the call's directory is a tmpfs of ``tmp_bytes`` in its own mount namespace: a
+    write past the cap fails in the kernel (ENOSPC), whatever the watchdog's timing."""
+    if not tool.sandbox.is_root:
+        pytest.skip("the tmpfs cap needs root (without it the watchdog is the cap)")
+    out = tool.run("import os\nst = os.statvfs('.')\nprint(st.f_blocks * st.f_frsize)\nfs = []\ntry:\n"
+                   "    for i in range(256):\n        f = open('f%d' % i, 'wb')\n        os.unlink('f%d' % i)\n"
+                   "        fs.append(f)\n        f.write(b'x' * (1 << 20)); f.flush()\n"
+                   "except OSError as e:\n    print('errno', e.errno, 'after', len(fs))\n")
+    lines = out.content.split()
+    assert int(lines[0]) == tool.sandbox.cfg.tmp_bytes, out.content
+    assert "errno 28" in out.content, out.content  # ENOSPC, within the cap (1 MiB files, unlinked)
+    assert int(lines[-1]) <= (tool.sandbox.cfg.tmp_bytes >> 20) + 1, out.content  # + the file whose write failed
