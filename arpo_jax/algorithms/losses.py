@@ -265,26 +265,34 @@ def policy_loss(
     pg_loss, clipped, dual_clipped, ratio = ppo_clipped_token_loss(
         logprobs, old_logprobs, advantages, clip_eps_low=config.clip_eps_low, clip_eps_high=config.clip_eps_high,
         dual_clip_c=config.dual_clip_c, log_ratio_clamp=config.log_ratio_clamp, clip_mode=config.clip_mode)
-    token_loss = pg_loss
     def agg(x):
         return aggregate_loss(x, eff_mask, config.loss_agg_mode, config.token_sum_norm)
 
     pg_sum, denominator = agg(pg_loss)
     stats = {"pg_loss_sum": pg_sum}
+    token_loss = pg_loss + _regularisers(logprobs, ref_logprobs, entropy, config, agg, stats)
+    loss_sum, _ = agg(token_loss)
+    stats.update(_clip_stats(eff_mask, clipped, dual_clipped, ratio, old_logprobs - logprobs))
+    return PolicyLossOutput(loss_sum, denominator, stats)
+
+
+def _regularisers(logprobs: Array, ref_logprobs: Array | None, entropy: Array | None, config: PolicyLossConfig,
+                  agg, stats: dict) -> Array:
+    """kl_coef·KL − entropy_coef·H per token [B, T] (0 when both are off); their aggregated
+    sums go into ``stats``."""
+    extra = jnp.zeros_like(logprobs, jnp.float32)
     if config.kl_coef:
         if ref_logprobs is None:
             raise ValueError("kl_coef > 0 needs ref_logprobs")
         kl = kl_penalty(logprobs, jax.lax.stop_gradient(ref_logprobs), config.kl_estimator)
-        token_loss = token_loss + config.kl_coef * kl
+        extra = extra + config.kl_coef * kl
         stats["kl_loss_sum"] = agg(kl)[0]
     if config.entropy_coef:
         if entropy is None:
             raise ValueError("entropy_coef > 0 needs entropy")
-        token_loss = token_loss - config.entropy_coef * entropy
+        extra = extra - config.entropy_coef * entropy
         stats["entropy_loss_sum"] = agg(entropy)[0]
-    loss_sum, _ = agg(token_loss)
-    stats.update(_clip_stats(eff_mask, clipped, dual_clipped, ratio, old_logprobs - logprobs))
-    return PolicyLossOutput(loss_sum, denominator, stats)
+    return extra
 
 
 def _entropy_advantages(advantages: Array, entropy: Array | None, eff_mask: Array, config: PolicyLossConfig,

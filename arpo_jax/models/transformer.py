@@ -227,30 +227,9 @@ class Transformer(nnx.Module):
         the T tokens are real for each row (a paged cache writes only those).
         """
         cfg = self.cfg
-        b, t = tokens.shape
         inv_freq = jnp.asarray(rope_inv_freq(cfg), jnp.float32)  # compile-time constant
-        if cache is None and key_end is not None:
-            if positions is None:
-                raise ValueError("key_end (an interval mask) needs explicit positions")
-            key_mask = self._interval_mask(key_end, causal_padding=False)
-            write_index = None
-        elif cache is None:
-            if attention_mask is None:
-                attention_mask = jnp.ones((b, t), jnp.int32)
-            valid = attention_mask.astype(bool)
-            if positions is None:
-                positions = jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
-            key_mask = self._interval_mask(causal_key_end(valid), causal_padding=True)
-            write_index = None
-        else:
-            positions = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None]  # [B, T]
-            num_new = jnp.full((b,), t, jnp.int32) if num_new is None else num_new.astype(jnp.int32)
-            key_mask = write_index = None  # a paged cache's layers mask and write by position themselves
-            if isinstance(cache, KVCache):
-                key_index = jnp.arange(cache.capacity, dtype=jnp.int32)
-                key_mask = key_index[None, None, :] <= positions[:, :, None]  # [B, T, S]
-                write_index = positions
-
+        positions, key_mask, write_index, num_new = self._masks(tokens.shape, positions, attention_mask, key_end,
+                                                                cache, num_new)
         x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.jnp_dtype)
         x = constrain(x, ACT_BTD)
         new_k, new_v = [], []
@@ -276,6 +255,29 @@ class Transformer(nnx.Module):
             return out
         lengths = jnp.minimum(cache.lengths + num_new, cache.capacity)
         return out, dataclasses.replace(cache, k=tuple(new_k), v=tuple(new_v), lengths=lengths)
+
+    def _masks(self, shape, positions, attention_mask, key_end, cache, num_new):
+        """(positions [B, T], key mask, cache write index, num_new [B]) of a call (see ``__call__``):
+        an ``IntervalMask`` without a cache, a dense [B, T, S] mask for a contiguous cache, None
+        for a paged cache (its layers mask and write by position themselves)."""
+        b, t = shape
+        if cache is None and key_end is not None:
+            if positions is None:
+                raise ValueError("key_end (an interval mask) needs explicit positions")
+            return positions, self._interval_mask(key_end, causal_padding=False), None, num_new
+        if cache is None:
+            if attention_mask is None:
+                attention_mask = jnp.ones((b, t), jnp.int32)
+            valid = attention_mask.astype(bool)
+            if positions is None:
+                positions = jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
+            return positions, self._interval_mask(causal_key_end(valid), causal_padding=True), None, num_new
+        positions = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None]  # [B, T]
+        num_new = jnp.full((b,), t, jnp.int32) if num_new is None else num_new.astype(jnp.int32)
+        if not isinstance(cache, KVCache):
+            return positions, None, None, num_new
+        key_index = jnp.arange(cache.capacity, dtype=jnp.int32)
+        return positions, key_index[None, None, :] <= positions[:, :, None], positions, num_new  # mask [B, T, S]
 
     def _interval_mask(self, key_end: jax.Array, causal_padding: bool) -> IntervalMask:
         """The no-cache mask for every layer: key_end [B, T] with the core ``cfg.attention_impl``
