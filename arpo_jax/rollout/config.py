@@ -8,6 +8,7 @@ from typing import Literal
 
 from arpo_jax.algorithms.branching import ENTROPY_NORMALIZATIONS
 from arpo_jax.rollout.policies import POLICIES
+from arpo_jax.rollout.policies.aepo import AepoOptions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +21,7 @@ class RolloutConfig:
       result, P = α + β·ΔH, fork Z branches from the post-observation state while the prompt
       has fewer than M, parallel refill) or "arpo_release" (the released code's rule: top-k
       entropy of the segment that ended with the tool call, branch iff clip(U − β·ΔH) <= τ,
-      serial refill). docs/branching.md.
+      serial refill), "aepo" (AEPO) or "tree_search" (Tree-GRPO). docs/branching.md.
     total_rollouts (M), initial_rollouts (N), branches_per_source (Z), threshold (τ),
       entropy_weight (β), base_probability (α), entropy_tokens (k), entropy_topk (release
       entropy: top-k log-probs per token).
@@ -50,6 +51,11 @@ class RolloutConfig:
       submitted (waiting for it then if needed), so a rollout depends only on (params,
       prompts, seed) — required for exact resume. False: results are appended as soon as they
       arrive (more overlap when tools are slow; timing-dependent).
+    tree_expansions_per_round (N), tree_rounds (L), tree_keep_leaves (K, 0: all): policy
+      "tree_search" (Tree-GRPO): ``initial_rollouts`` trees, L rounds of N expansions per tree,
+      K leaves kept per tree; total_rollouts must be initial_rollouts × (K or 1 + L·N).
+    aepo: AEPO's own knobs (``AepoOptions``: penalty slope, counter scope, pre-monitoring);
+      read by policy "aepo" (docs/beyond.md).
     """
 
     policy: str = "arpo"
@@ -79,6 +85,10 @@ class RolloutConfig:
     kv_layout: Literal["contiguous", "paged"] = "contiguous"
     page_size: int = 16
     kv_pages: int = 0
+    tree_expansions_per_round: int = 2
+    tree_rounds: int = 1
+    tree_keep_leaves: int = 0
+    aepo: AepoOptions = dataclasses.field(default_factory=AepoOptions)
 
     def __post_init__(self):
         if self.policy not in POLICIES:

@@ -20,7 +20,9 @@
    by the prompt's budget M: its reservation holds their slots) fork the slot (``fork``, +
    ``rewind`` to the point right after the result when the decision came later); nothing is
    recomputed;
-6. a prompt whose trajectories have all ended below M gets the fresh samples its policy asks for.
+6. a prompt whose trajectories have all ended below its budget gets the expansions its policy
+   asks for (tree search: new chains forked from node boundaries of finished trajectories,
+   whose slots the prompt holds until it completes) or else the fresh samples it asks for.
 
 Randomness is per prompt: prompt j of ``run(prompts, seed=s, prompt_offset=o)`` draws its
 branching decisions and its trajectories' sampling keys from its own ``numpy.random.Generator``
@@ -97,11 +99,13 @@ class RolloutEngine(AgentSteps):
             raise ValueError("the tokenizer has no EOS token; pass eos_ids")
         self.vocab_size = len(tokenizer)
         self.policy = make_policy(cfg, self.vocab_size)
-        self.num_slots = cfg.num_slots or num_prompts * cfg.total_rollouts
-        if self.num_slots < cfg.total_rollouts:
-            raise ValueError(f"rollout.num_slots ({self.num_slots}) is below rollout.total_rollouts "
-                             f"({cfg.total_rollouts}): a prompt's M trajectories need M slots")
-        self.worst_pages = worst_case_pages(cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.total_rollouts,
+        self.budget = self.policy.budget  # trajectories a prompt makes = slots reserved (M; tree search more)
+        self.num_slots = cfg.num_slots or num_prompts * self.budget
+        if self.num_slots < self.budget:
+            what = "rollout.total_rollouts" if self.budget == cfg.total_rollouts else "the trajectories a prompt makes"
+            raise ValueError(f"rollout.num_slots ({self.num_slots}) is below {what} ({self.budget}): a prompt "
+                             f"needs a slot for each")
+        self.worst_pages = worst_case_pages(cfg.max_prompt_tokens, cfg.max_response_tokens, self.budget,
                                             cfg.page_size, cfg.chunk_size)
         num_pages = cfg.kv_pages or num_prompts * self.worst_pages
         if cfg.kv_layout == "paged" and num_pages < self.worst_pages:
@@ -115,7 +119,7 @@ class RolloutEngine(AgentSteps):
         capacity = pages_for(capacity, cfg.page_size) * cfg.page_size if cfg.kv_layout == "paged" else capacity
         self.sampler = Sampler(model, scfg, num_slots=self.num_slots, capacity=capacity, tokenizer=tokenizer,
                                tok_bytes=tok_bytes, mesh=mesh, seed=seed, cache_dtype=cache_dtype)
-        self.pages = PageBudget(num_pages, cfg.page_size, cfg.total_rollouts, cfg.chunk_size,
+        self.pages = PageBudget(num_pages, cfg.page_size, self.budget, cfg.chunk_size,
                                 self.worst_pages) if cfg.kv_layout == "paged" else None
 
     def _layout_kwargs(self, num_pages: int) -> dict:
@@ -132,7 +136,7 @@ class RolloutEngine(AgentSteps):
     # ------------------------------------------------------------------------ scheduling
     def _admit(self) -> None:
         """Admits queued prompts (in order) while their reservation fits (module docstring)."""
-        m = self.cfg.total_rollouts
+        m = self.budget
         while self._queue and (len(self._runs) + 1) * m <= self.num_slots:
             p = self._queue[0]
             if self.pages is not None and not (self.pages.can_admit(len(self._runs)) and self.sampler.pages_free()
@@ -154,7 +158,7 @@ class RolloutEngine(AgentSteps):
             logits = self.sampler.next_logits([slot])[0, : self.sampler.cfg.vocab_size]
             root_h = float(next_token_entropy(logits, self.sampler.cfg.effective_temperature))
         n = int(self.policy.initial_samples_for(root_h, run.rng))
-        if not 1 <= n <= self.cfg.total_rollouts:
+        if not 1 <= n <= self.budget:
             raise ValueError(f"policy {self.policy.name!r} asked for {n} initial samples; must be in [1, M]")
         run.count = n
         self._fresh(run, slot, n - 1, rewind=False)
@@ -162,7 +166,7 @@ class RolloutEngine(AgentSteps):
     def _round_pages(self, run: PromptRun) -> int:
         """Pages ``run`` may take this round: appends of its due results, a chunk per running
         slot, and a partial page + a chunk for every trajectory it may still fork."""
-        grows, forks = [], self.cfg.total_rollouts - run.count
+        grows, forks = [], self.budget - run.count
         for s, live in self._live.items():
             if live.traj.prompt_index != run.index:
                 continue
@@ -197,6 +201,7 @@ class RolloutEngine(AgentSteps):
         slots = [s for s, live in self._live.items() if live.traj.prompt_index == p]
         for s in slots:
             del self._live[s]
+        slots += self._release_held(p, release=False)
         if slots:
             self.sampler.release(slots)
         del self._runs[p]
@@ -204,10 +209,25 @@ class RolloutEngine(AgentSteps):
         self._counters["evictions"] += 1
 
     def _complete(self, run: PromptRun) -> None:
+        """The prompt is done: its held slots are released and its policy picks the
+        trajectories to return (``select``; those left out count as pruned branches)."""
         del self._runs[run.index]
         self._done[run.index] = run
+        self._release_held(run.index)
         if self.pages is not None:
             self.pages.completed(run)
+        kept = self.policy.select(run.trajs, run.rng)
+        self._counters["pruned"] += len(run.trajs) - len(kept)
+        run.trajs = kept
+
+    def _release_held(self, p: int, release: bool = True) -> list[int]:
+        """Forgets (``release``: and frees) the held slots of prompt ``p``'s finished trajectories."""
+        slots = [s for s, t in self._held.items() if t.prompt_index == p]
+        for s in slots:
+            del self._held[s]
+        if slots and release:
+            self.sampler.release(slots)
+        return slots
 
     # ---------------------------------------------------------------------------- loop
     def run(self, prompts: Sequence[Sequence[int]], *, seed: int = 0, prompt_offset: int = 0) -> RolloutResult:
@@ -227,7 +247,8 @@ class RolloutEngine(AgentSteps):
             raise ValueError("empty prompt")
         self._seed, self._offset, self._uid = seed, prompt_offset, 0
         self._queue, self._runs, self._done, self._live = deque(range(len(prompts))), {}, {}, {}
-        self._counters = Counter(prompt_prefills=0, evictions=0, paused_rounds=0, peak_live=0)
+        self._held = {}  # slot -> finished trajectory whose cache a later expansion may fork (tree search)
+        self._counters = Counter(prompt_prefills=0, evictions=0, paused_rounds=0, peak_live=0, pruned=0)
         before, timing = dict(self.sampler.stats), Counter()
         while self._queue or self._runs:
             self._admit()
@@ -296,9 +317,9 @@ class RolloutEngine(AgentSteps):
     def _scheduling_stats(self, num_prompts: int, trajs: list[Trajectory]) -> dict[str, float]:
         runs = self._done.values()
         granted, returned = sum(r.granted for r in runs), sum(r.returned for r in runs)
-        made = sum(t.parent >= 0 for t in trajs)
-        out = dict(branches_granted=granted, branches_made=made, branches_returned=returned,
-                   branches_dropped=granted - returned - made,
+        made, pruned = sum(t.parent >= 0 for t in trajs), self._counters["pruned"]
+        out = dict(branches_granted=granted, branches_made=made, branches_returned=returned, branches_pruned=pruned,
+                   branches_dropped=granted - returned - made - pruned,
                    prompt_prefills_per_prompt=self._counters["prompt_prefills"] / max(num_prompts, 1),
                    evictions=self._counters["evictions"], paused_prompt_rounds=self._counters["paused_rounds"],
                    peak_trajectories_in_flight=self._counters["peak_live"])

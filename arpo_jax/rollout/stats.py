@@ -1,4 +1,5 @@
-"""Rollout metrics: lengths, tool use, branching and entropy around tool results."""
+"""Rollout metrics: lengths, tool use, branching (and its concentration) and entropy around tool
+results."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from arpo_jax.rollout.trajectory import Trajectory
+from arpo_jax.algorithms.tree import branch_concentration
+from arpo_jax.rollout.trajectory import Trajectory, tree_arrays
 
 MAX_DEPTH_BIN = 8
 
@@ -15,6 +17,22 @@ MAX_DEPTH_BIN = 8
 def _mean(values) -> float:
     values = [v for v in values if v == v]  # drop NaN
     return float(np.mean(values)) if values else float("nan")
+
+
+def branch_concentration_metrics(trajs: Sequence[Trajectory], top: int = 3) -> tuple[float, float]:
+    """AEPO's collapse measure (BEYOND.md §1.4): the share of a prompt's branches sourced by its
+    ``top`` most-branching trajectories, (mean over the prompts with a branch, pooled: Σ top
+    sources / Σ branches); NaN without branches."""
+    if not trajs:
+        return float("nan"), float("nan")
+    parent, _ = tree_arrays(list(trajs))
+    groups = np.asarray([t.prompt_index for t in trajs])
+    share = branch_concentration(parent, groups, top)  # [G], np.unique(groups) order
+    counts = np.asarray([np.sum(parent[groups == g] >= 0) for g in np.unique(groups)], np.float64)
+    has = counts > 0
+    if not has.any():
+        return float("nan"), float("nan")
+    return float(np.mean(share[has])), float(np.sum(share[has] * counts[has]) / counts[has].sum())
 
 
 def rollout_stats(trajs: Sequence[Trajectory], decisions: Sequence[dict], timing: Mapping[str, float],
@@ -46,6 +64,7 @@ def rollout_stats(trajs: Sequence[Trajectory], decisions: Sequence[dict], timing
         out[f"finish/{reason}"] = c / n
     branches = [t for t in trajs if t.parent >= 0]
     out["branches_per_prompt"] = len(branches) / max(num_prompts, 1)
+    out["branch_concentration"], out["branch_concentration_pooled"] = branch_concentration_metrics(trajs)
     depth = Counter(min(t.depth, MAX_DEPTH_BIN) for t in trajs)
     for d in range(MAX_DEPTH_BIN + 1):
         if depth[d]:

@@ -39,7 +39,7 @@ class AgentSteps:
     # ------------------------------------------------------------------ slots and trajectories
     def _free_slots(self, n: int) -> list[int]:
         """``n`` free slots; the reservations guarantee them (an error here is a scheduling bug)."""
-        free = [s for s in range(self.num_slots) if s not in self._live][:n]
+        free = [s for s in range(self.num_slots) if s not in self._live and s not in self._held][:n]
         if len(free) < n:
             raise RuntimeError(f"{n} slots needed, {len(free)} free: a prompt outgrew its reservation")
         return free
@@ -75,10 +75,11 @@ class AgentSteps:
         for c in children:
             self._occupy(run, c, self._new_traj(run))
 
-    def _fork(self, run: PromptRun, slot: int, n: int, rewind_to=None) -> None:
-        """``n`` granted branches of ``slot``'s trajectory: forked at the current point or, with
-        ``rewind_to`` (a look-ahead decision's mark), at the point right after the result."""
-        parent = self._live[slot].traj
+    def _fork(self, run: PromptRun, slot: int, n: int, rewind_to=None, parent: Trajectory | None = None) -> None:
+        """``n`` granted branches of ``slot``'s trajectory (``parent``: given for a held slot):
+        forked at the current point or, with ``rewind_to`` (a mark: cache length, pending token,
+        budget, response position), at that earlier point."""
+        parent = parent or self._live[slot].traj
         children = self._free_slots(n)
         self.sampler.fork(slot, children, keys=[self._key(run) for _ in children])
         upto = len(parent.tokens)
@@ -89,21 +90,50 @@ class AgentSteps:
             self._occupy(run, c, self._new_traj(run, parent, upto))
 
     def _finish(self, slot: int, reason: str) -> None:
-        """Ends ``slot``'s trajectory. The prompt's last one, below M: the policy's refill is
-        forked from this slot (rewound to the prompt) before it is released."""
+        """Ends ``slot``'s trajectory. The prompt's last one, below its budget: the policy's
+        expansions, else its refill (forked from this slot rewound to the prompt). The slot is
+        then released, or held while the prompt runs if the policy forks finished trajectories."""
         live = self._live[slot]
         live.traj.finish_reason = reason
         run = self._runs[live.traj.prompt_index]
         run.live -= 1
-        if run.live == 0:
-            m = self.cfg.total_rollouts
+        done = False
+        if run.live == 0 and not self._expand(run, slot):
+            m = self.budget
             add = min(self.policy.refill(m - run.count), m - run.count) if run.count < m else 0
             run.count += add
             self._fresh(run, slot, add, rewind=True)
-            if not add:
-                self._complete(run)
+            done = not add
         del self._live[slot]
-        self.sampler.release([slot])
+        if self.policy.holds_finished:
+            self._held[slot] = live.traj
+        else:
+            self.sampler.release([slot])
+        if done:
+            self._complete(run)
+
+    def _expand(self, run: PromptRun, slot: int) -> bool:
+        """The policy's expansions once all of ``run``'s trajectories have ended (``slot``: the
+        last one's, still live): each a new chain forked from its source's slot and rewound to
+        the chosen node boundary (nothing re-prefilled). Returns whether any was made."""
+        if run.count >= self.budget:
+            return False
+        picks = self.policy.expand(run.trajs, run.rng)[: self.budget - run.count]
+        if not picks:
+            return False
+        slot_of = {t.uid: s for s, t in self._held.items()}
+        slot_of[self._live[slot].traj.uid] = slot
+        for src, pos in picks:
+            run.count += 1
+            run.granted += 1
+            self._fork(run, slot_of[src.uid], 1, rewind_to=self._node_mark(src, pos), parent=src)
+        return True
+
+    def _node_mark(self, traj: Trajectory, pos: int) -> tuple[int, int, int, int]:
+        """The sampler state of ``traj`` at response position ``pos`` (a node boundary: the end
+        of the prompt or of a tool result): (cache length, pending token, budget, ``pos``)."""
+        seq = traj.prompt_tokens + traj.tokens[:pos]
+        return len(seq) - 1, seq[-1], self.cfg.max_response_tokens - pos, pos
 
     # -------------------------------------------------------------------------- branching
     def _record(self, run: PromptRun, decision: dict | None) -> int:
@@ -115,7 +145,7 @@ class AgentSteps:
         decision.setdefault("returned", 0)
         if not decision["branch"]:
             return 0
-        granted = max(0, min(self.cfg.branches_per_source, self.cfg.total_rollouts - run.count))
+        granted = max(0, min(self.cfg.branches_per_source, self.budget - run.count))
         decision["granted"] = granted
         run.count += granted
         run.granted += granted
@@ -123,7 +153,7 @@ class AgentSteps:
 
     def _segment_end(self, run: PromptRun, slot: int, live: Live, start: int) -> None:
         """A segment ended with a (submitted) tool call: granted branches wait for the result."""
-        if run.count < self.cfg.total_rollouts:
+        if run.count < self.budget:
             decision = self.policy.on_segment_end(live.traj, slot, start, run.rng)
             live.deferred = self._record(run, decision)
             live.deferred_decision = decision if live.deferred else None
@@ -140,7 +170,7 @@ class AgentSteps:
     def _lookahead(self, run: PromptRun, slot: int, live: Live) -> None:
         """The look-ahead tokens after a result are in: the decision forks from right after it."""
         mark, live.mark = live.mark, None
-        if run.count >= self.cfg.total_rollouts:
+        if run.count >= self.budget:
             return
         granted = self._record(run, self.policy.on_lookahead(live.traj, slot, mark[3], run.rng))
         if granted:

@@ -25,7 +25,8 @@ def test_tree_grpo_qwen25_3b_multihopqa():
     cfg = load_config(RLConfig, CONFIGS / "tree_grpo_qwen2.5_3b_multihopqa.yaml")
     ro, loss = cfg.rollout, cfg.loss
     assert cfg.algorithm.advantage == "tree" and (ro.initial_rollouts, ro.total_rollouts) == (2, 6)  # M, M·K
-    assert ro.entropy_weight == 0 and ro.max_tool_calls == 3
+    assert ro.policy == "tree_search" and ro.max_tool_calls == 3
+    assert (ro.tree_expansions_per_round, ro.tree_rounds, ro.tree_keep_leaves) == (2, 1, 3)  # N, L, K
     assert (cfg.data.prompts_per_step, cfg.data.prompts_per_step // cfg.train.mini_batches) == (512, 64)
     assert (loss.kl_coef, loss.kl_estimator, loss.entropy_coef) == (0.001, "k3", 0.001)
     assert cfg.train.steps == 180 and cfg.optimizer.warmup_steps == round(0.285 * 180)

@@ -48,6 +48,31 @@ def test_registered_and_options_checked():
         cfg(initial_rollouts=9)
 
 
+def test_aepo_options_from_yaml_reach_the_policy():
+    """``rollout.aepo.<knob>=...`` overrides load into ``RolloutConfig.aepo`` and the policy reads
+    them; an unknown or invalid knob is a one-line error naming it."""
+    from pathlib import Path
+
+    from arpo_jax.config import ConfigError, load_config
+    from arpo_jax.training.rl_config import RLConfig
+
+    yaml = Path(__file__).resolve().parents[2] / "configs" / "aepo_qwen3_14b_deepsearch.yaml"
+    assert load_config(RLConfig, yaml).rollout.aepo == AepoOptions()  # the release's defaults
+    rc = load_config(RLConfig, yaml, ["rollout.aepo.penalty_slope=0.3", "rollout.aepo.consecutive_scope=chain",
+                                      "rollout.aepo.enable_dynamic_rollouts=true",
+                                      "rollout.aepo.premonitor_tool_entropy=0.5"]).rollout
+    pol = make_policy(rc, V)
+    assert pol.options == rc.aepo == AepoOptions(penalty_slope=0.3, consecutive_scope="chain",
+                                                 enable_dynamic_rollouts=True, premonitor_tool_entropy=0.5)
+    assert pol.wants_root_entropy
+    with pytest.raises(ConfigError, match="unknown config key 'rollout.aepo.slope'"):
+        load_config(RLConfig, yaml, ["rollout.aepo.slope=0.3"])
+    with pytest.raises(ConfigError, match="rollout.aepo.consecutive_scope must be one of"):
+        load_config(RLConfig, yaml, ["rollout.aepo.consecutive_scope=batch"])
+    with pytest.raises(ConfigError, match="rollout.aepo.premonitor_beta: expected float"):
+        load_config(RLConfig, yaml, ["rollout.aepo.premonitor_beta=high"])
+
+
 def test_prompt_counter_counts_steps_with_a_branch():
     pol = AepoPolicy(cfg(threshold=0.0), V, AepoOptions(penalty_slope=0.3))  # τ 0: every decision branches
     rng = np.random.default_rng(0)

@@ -19,8 +19,8 @@ one refill per round, the optional stale-H_initial bug).
   policy has seen (no probe rollout; H_root itself before any). Both are per-token nats, put on
   the release's scale (× entropy_tokens / ln|V|) for β. Off: m = clip(N, 1, M).
 
-The maths is ``arpo_jax.algorithms.aepo``. ``AepoOptions`` come from ``RolloutConfig.aepo`` when
-that section exists, else the constructor's ``options`` (defaults: the release).
+The maths is ``arpo_jax.algorithms.aepo``. ``AepoOptions`` come from the constructor's ``options``
+if given, else ``RolloutConfig.aepo`` (the YAML's ``rollout.aepo:`` section; defaults: the release).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ import numpy as np
 from arpo_jax.algorithms.aepo import aepo_branch_decisions, aepo_branch_probability, consecutive_run
 from arpo_jax.algorithms.aepo import premonitor_initial_samples
 from arpo_jax.algorithms.branching import mean_entropy
-from arpo_jax.algorithms.tree import branch_concentration
 from arpo_jax.rollout.policies.arpo_release import ArpoReleasePolicy
 from arpo_jax.rollout.policies.base import register
-from arpo_jax.rollout.trajectory import Trajectory, tree_arrays
+from arpo_jax.rollout.stats import branch_concentration_metrics
+from arpo_jax.rollout.trajectory import Trajectory
 
 CONSECUTIVE_SCOPES = ("prompt", "path", "chain")
 MAX_TRACKED_PROMPTS = 4096  # per-prompt-run state kept (a run's prompts are far fewer)
@@ -170,14 +170,7 @@ def branch_concentration_stats(trajs: Sequence[Trajectory], top: int = 3) -> dic
     """The branch-concentration metric of a rollout (AEPO's collapse measure): the share of a
     prompt's branches sourced by its ``top`` most-branching trajectories, averaged over prompts
     with a branch (``branch_concentration_top3``), and pooled over all of them (``..._pooled``:
-    Σ top-3 sources / Σ branches). NaN without branches."""
-    if not trajs:
-        return {f"branch_concentration_top{top}": float("nan"), f"branch_concentration_top{top}_pooled": float("nan")}
-    parent, _ = tree_arrays(list(trajs))
-    groups = np.asarray([t.prompt_index for t in trajs])
-    share = branch_concentration(parent, groups, top)
-    counts = np.asarray([np.sum(parent[groups == g] >= 0) for g in np.unique(groups)], np.float64)
-    has = counts > 0
-    pooled = float(np.sum(share[has] * counts[has]) / counts[has].sum()) if has.any() else float("nan")
-    mean = float(np.mean(share[has])) if has.any() else float("nan")
+    Σ top-3 sources / Σ branches). NaN without branches. ``rollout_stats`` reports the top-3
+    values of every rollout as ``rollout/branch_concentration`` (and ``..._pooled``)."""
+    mean, pooled = branch_concentration_metrics(trajs, top)
     return {f"branch_concentration_top{top}": mean, f"branch_concentration_top{top}_pooled": pooled}

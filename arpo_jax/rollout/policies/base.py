@@ -30,6 +30,19 @@ Hooks (the engine calls the decision hooks only while the prompt has fewer than 
   after that result (the sampler rewinds them there).
 * ``refill(missing)``: all trajectories of a prompt ended ``missing`` > 0 short of M: how many
   fresh samples to start now (the hook is asked again once those have ended).
+* ``expand(trajs, rng)`` (asked before ``refill``): all of a prompt's trajectories ``trajs``
+  (creation order) have ended below its budget: (source trajectory, response position) pairs,
+  each a new chain forked from that point of the source (a node boundary: 0, the end of the
+  prompt, or the end of a tool result the source continued after); [] for none. The sources'
+  slots must still hold their caches: a policy that expands sets ``holds_finished = True``
+  (finished trajectories keep their slots until the prompt completes; its reservation covers
+  them). Tree-GRPO's tree search.
+* ``select(trajs, rng)``: the prompt has completed: the trajectories the rollout returns
+  (default: all; tree search: K leaves per tree), ``parent`` / ``branch_pos`` re-pointed past
+  any left out.
+
+``budget`` (property): trajectories a prompt makes, the slots reserved for it (default M =
+``total_rollouts``; tree search makes M·(1 + L·N) and may return fewer).
 
 A decision hook returns ``None`` (no decision) or ``decision(...)``'s record, which the engine
 completes with ``granted`` (branches granted) and ``returned`` (granted branches handed back
@@ -96,6 +109,7 @@ class BranchingPolicy:
     topk_entropy = 0
     lookahead_tokens = 0
     wants_root_entropy = False
+    holds_finished = False
 
     def __init__(self, cfg: RolloutConfig, vocab_size: int):
         self.cfg, self.vocab_size = cfg, vocab_size
@@ -110,6 +124,11 @@ class BranchingPolicy:
     def check_initial_rollouts(cfg: RolloutConfig) -> None:
         if not 1 <= cfg.initial_rollouts <= cfg.total_rollouts:
             raise ValueError("rollout.initial_rollouts must be in [1, rollout.total_rollouts]")
+
+    @property
+    def budget(self) -> int:
+        """Trajectories a prompt makes (slots reserved for it); ``select`` may return fewer."""
+        return self.cfg.total_rollouts
 
     @property
     def initial_samples(self) -> int:
@@ -135,6 +154,14 @@ class BranchingPolicy:
 
     def refill(self, missing: int) -> int:
         return 0
+
+    def expand(self, trajs: list[Trajectory], rng: np.random.Generator) -> list[tuple[Trajectory, int]]:
+        """New chains to fork once all of a prompt's ``trajs`` have ended: (source, response position)."""
+        return []
+
+    def select(self, trajs: list[Trajectory], rng: np.random.Generator) -> list[Trajectory]:
+        """The completed prompt's trajectories the rollout returns (creation order kept)."""
+        return trajs
 
     @staticmethod
     def decision(traj: Trajectory, *, entropy: float, initial_entropy: float, delta_h: float, probability: float,
