@@ -31,7 +31,9 @@ Array = jnp.ndarray
 
 
 class AdvantageInputs(NamedTuple):
-    """One step's batch as the estimators see it (device or numpy arrays).
+    """One step's batch as the estimators see it (device or numpy arrays of any int / float
+    dtype, e.g. the trainer's ``TrajectoryBatch`` arrays as they are; ``compute_advantages``
+    converts them once: float32 rewards, int32 ids).
 
     rewards: [B] float sequence rewards. groups: [B] int prompt id. parent: [B] int batch index
     of the trajectory b was forked from (-1: a global sample). branch_pos: [B] int response

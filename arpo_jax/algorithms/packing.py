@@ -10,7 +10,8 @@ segments forked from it, latest fork point first. A token's descendants are then
 contiguous columns after it, so attention is the interval mask ``k <= q < key_end[k]``
 (``models.attention``); ``positions`` are indices along the token's own root-to-leaf path
 (prompt included), so RoPE sees each path exactly as the unpacked sequence. Several trees share
-a row (first-fit decreasing); padding has ``key_end`` 0 (visible to nothing).
+a row (first-fit decreasing; ``choose_rows`` picks the row length and count that waste least, a
+tree never split); padding has ``key_end`` 0 (visible to nothing).
 
 Scoring. The token at packed column c is predicted by the hidden state of its path predecessor,
 ``pred[c]`` (c - 1 inside a segment; the fork point for a segment's first token, which in packed
@@ -150,9 +151,56 @@ def length_bucket(n: int, minimum: int = 64, per_octave: int = 8) -> int:
     return -(-n // step) * step
 
 
-def row_bucket(n: int) -> int:
-    """Smallest power of two >= n (>= 1)."""
-    return 1 << max(int(n) - 1, 0).bit_length()
+def row_bucket(n: int, multiple: int = 1) -> int:
+    """Smallest row count >= n (>= 1) among ``multiple`` × (1, 2, 3, 4, 6, 8, 12, …) (2^k and
+    3 · 2^k): a few shapes per doubling, at most a third of the rows empty; ``multiple``: e.g. so
+    that the rows split evenly over the devices of the batch axes."""
+    m = max(int(multiple), 1)
+    n = -(-max(int(n), 1) // m)
+    power = 1 << (n - 1).bit_length()
+    return m * (3 * power // 4 if power >= 4 and 3 * power // 4 >= n else power)
+
+
+PACK_PER_OCTAVE = 32  # packed row lengths: <= 1/32 (3.1 %) of padding per row, 32 shapes per doubling
+PACK_SLACK = 0.04  # packed slots may exceed the tokens by this much for shorter rows or a compiled shape
+
+
+def _fewest_rows_of_each_length(parts: list[np.ndarray], minimum: int, per_octave: int, multiple: int
+                                ) -> list[tuple[int, int]]:
+    """(row_len, rows) for each row count r of ``row_bucket(·, multiple)`` up to one tree per row:
+    the shortest bucketed length, from max(largest tree, ⌈largest part / r⌉), at which every part
+    first-fits into r rows."""
+    largest, total = max(int(x.max()) for x in parts), max(int(x.sum()) for x in parts)
+    out, r, most = [], row_bucket(1, multiple), row_bucket(max(len(x) for x in parts), multiple)
+    while r <= most:
+        row_len = length_bucket(max(largest, -(-total // r)), minimum, per_octave)
+        while any(first_fit(x, row_len)[2] > r for x in parts):
+            row_len = length_bucket(row_len + 1, minimum, per_octave)
+        out.append((row_len, r))
+        r = row_bucket(r + 1, multiple)
+    return out
+
+
+def choose_rows(parts: list[np.ndarray], minimum: int = 64, per_octave: int = PACK_PER_OCTAVE,
+                multiple: int = 1, reuse=(), slack: float = PACK_SLACK) -> tuple[int, int]:
+    """(row_len, rows) for packing each of ``parts`` (the tree sizes of one micro-batch) into
+    ``rows`` rows of ``row_len`` (first-fit decreasing, a tree never split).
+
+    Candidates: for each row count r of ``row_bucket(·, multiple)``, the shortest bucketed length
+    that fits. Allowed: those whose slots rows × row_len are within ``slack`` of the parts' mean
+    tokens, or no more than the fewest slots of any candidate (with ``multiple`` = 1 one row per
+    part is a candidate: at most 1 / ``per_octave`` over the largest part). ``reuse`` (shapes
+    already compiled) is looked at first: the shortest-row one that fits and is allowed is taken,
+    so steady-state steps do not recompile; else the shortest-row allowed candidate (shorter rows:
+    less attention work, more parallel rows)."""
+    parts = [np.asarray(x, np.int64) for x in parts if len(x)] or [np.ones(1, np.int64)]
+    fresh = _fewest_rows_of_each_length(parts, minimum, per_octave, multiple)
+    bound = max(min(n * r for n, r in fresh), (1 + slack) * sum(int(x.sum()) for x in parts) / len(parts))
+    largest = max(int(x.max()) for x in parts)
+    known = [(n, n * r, r) for n, r in reuse if n * r <= bound and largest <= n
+             and all(first_fit(x, n)[2] <= r for x in parts)]
+    n, _, r = min(known or [(n, n * r, r) for n, r in fresh if n * r <= bound])
+    return n, r
 
 
 @dataclasses.dataclass

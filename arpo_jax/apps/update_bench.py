@@ -7,8 +7,13 @@ rollout's ``Trajectory.branch``), prompts of ``--prompt-len`` tokens, responses 
 ``--response-len``. Reports, per variant: tokens computed per step (the rows × length the
 model runs over) against Σ trajectory lengths and the trees' unique tokens, update seconds per
 step (median), the compiled step's peak temporary memory (``memory_analysis``) and the loss (the
-variants must agree). Packed rows run with every ``attention_impl`` the model config offers
-(``reference``, and ``blockwise`` where it exists). Writes JSON.
+variants must agree). ``--padded-impls`` / ``--packed-impls`` name the ``attention_impl`` each
+variant runs with (``reference``: dense [T, T] scores; ``blockwise``: flash-style, no [T, T]
+buffer, dead blocks skipped). Writes JSON.
+
+Paper-shaped trees (M 16, N 8, ~700-token prompts) on this CPU: ``--prompts 2 --m 16 --roots 8
+--prompt-len 700 --response-len 256 --padded-impls blockwise --packed-impls blockwise`` (fewer
+prompts and shorter responses than the paper's 1–4k, the demo's model shape).
 """
 
 from __future__ import annotations
@@ -38,6 +43,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--kv-heads", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant (median)")
+    parser.add_argument("--attention-block", type=int, default=0,
+                        help="blockwise query / key block size (0: the model config's default, 512)")
+    parser.add_argument("--padded-impls", default="reference",
+                        help="attention_impl values today's padded update runs with (comma-separated)")
+    parser.add_argument("--packed-impls", default="reference,blockwise",
+                        help="attention_impl values the packed update runs with (comma-separated)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench/results/update.json")
 
@@ -73,6 +84,8 @@ def _model(args, impl: str | None):
                       head_dim=args.hidden // args.heads, tie_word_embeddings=True)
     if impl is not None:
         cfg = dataclasses.replace(cfg, attention_impl=impl)
+    if args.attention_block:
+        cfg = dataclasses.replace(cfg, attention_block_q=args.attention_block, attention_block_k=args.attention_block)
     return nnx.split(create_model(cfg, seed=args.seed))
 
 
@@ -89,14 +102,16 @@ def _measure(args, updater, params, batch, repeats: int) -> dict:
                             vocab_size=updater.vocab_size, logits_chunk=updater.logits_chunk).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
-    times, loss = [], None
+    times, cpu, loss = [], [], None
     for _ in range(repeats + 1):  # the first (warm-up) run is not timed
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         params, opt_state, m = updater.apply(params, opt_state, batch)
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)  # all threads' CPU seconds: less sensitive to other jobs' load
         loss = float(m["loss"]) if loss is None else loss
-    return {"update_s_per_step": statistics.median(times[1:]), "update_s_all": times[1:], "compile_s": compile_s,
+    return {"update_s_per_step": statistics.median(times[1:]), "update_s_all": times[1:],
+            "update_cpu_s_per_step": statistics.median(cpu[1:]), "compile_s": compile_s,
             "peak_temp_bytes": int(getattr(mem, "temp_size_in_bytes", 0)), "loss_first_step": loss}
 
 
@@ -125,11 +140,12 @@ def _variants(args, trajs) -> tuple[list[dict], int, object]:
             ], num_micro, batch
 
 
-def _attention_impls() -> list[str | None]:
-    from arpo_jax.models import ModelConfig
-
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    return ["reference", "blockwise"] if "attention_impl" in names else [None]
+def _runs(args) -> list[tuple[str, str]]:
+    """(attention_impl, variant) pairs to measure, ``--padded-impls`` and ``--packed-impls``,
+    grouped by attention_impl (one model each)."""
+    want = {v: [x for x in getattr(args, f"{v}_impls").split(",") if x] for v in ("padded", "packed")}
+    impls = list(dict.fromkeys(want["padded"] + want["packed"]))
+    return [(impl, v) for impl in impls for v in ("padded", "packed") if impl in want[v]]
 
 
 def run(args) -> dict:
@@ -138,32 +154,33 @@ def run(args) -> dict:
 
     from arpo_jax.training.update import OptimizerConfig, PolicyUpdater, cached_optimizer
 
+    load_start = list(os.getloadavg())
     trajs = arpo_trajectories(args, np.random.default_rng(args.seed))
     variants, num_micro, batch = _variants(args, trajs)
     total, unique = int(batch.seq_lengths.sum()), int(batch.forest.tree_sizes().sum())
-    results = []
-    for impl in _attention_impls():
+    results, by_name = [], {v["name"]: v for v in variants}
+    for impl, name in _runs(args):
         graphdef, params = _model(args, impl)
         updater = PolicyUpdater(graphdef, cached_optimizer(OptimizerConfig(lr=1e-6)), num_micro=num_micro,
                                 vocab_size=args.vocab)
-        for v in variants:
-            if v["name"] == "padded" and impl not in (None, "reference"):
-                continue
-            params_copy = jax.tree.map(lambda x: x.copy(), params)
-            r = dict(variant=v["name"], attention_impl=impl or "reference (dense mask)", shape=v["shape"],
-                     tokens_computed=v["slots"], real_tokens=v["real"], tokens_computed_over_sum_lengths=v["slots"]
-                     / total, tokens_computed_over_unique=v["slots"] / unique, host_build_s=v["host_s"])
-            r.update(_measure(args, updater, params_copy, v["batch"], args.repeats))
-            results.append(r)
-            print(json.dumps(r), flush=True)
-    base = next(r for r in results if r["variant"] == "padded")
+        v = by_name[name]
+        r = dict(variant=name, attention_impl=impl, shape=v["shape"], tokens_computed=v["slots"],
+                 real_tokens=v["real"], tokens_computed_over_sum_lengths=v["slots"] / total,
+                 tokens_computed_over_unique=v["slots"] / unique, host_build_s=v["host_s"])
+        r.update(_measure(args, updater, params, v["batch"], args.repeats))
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    padded = [r for r in results if r["variant"] == "padded"]
+    base = padded[0] if padded else results[0]  # today's update (the first padded run)
     for r in results:
         r["speedup_vs_padded"] = base["update_s_per_step"] / r["update_s_per_step"]
+        r["cpu_speedup_vs_padded"] = base["update_cpu_s_per_step"] / r["update_cpu_s_per_step"]
         r["loss_diff_vs_padded"] = abs(r["loss_first_step"] - base["loss_first_step"])
     out = {"command": "arpo-jax bench update " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                                                           if k not in ("func", "command", "bench_name")),
            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "jax": jax.__version__,
-                       "backend": jax.default_backend(), "load_average": list(os.getloadavg())},
+                       "backend": jax.default_backend(), "load_average_start": load_start,
+                       "load_average": list(os.getloadavg())},
            "workload": {"prompts": args.prompts, "m": args.m, "trajectories": len(trajs), "num_micro": num_micro,
                         "sum_trajectory_tokens": total, "unique_tokens": unique, "unique_ratio": unique / total},
            "results": results}

@@ -23,6 +23,7 @@ are over all processes' trajectories; process 0 writes logs, dumps and exports.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any
 
@@ -33,7 +34,7 @@ from flax import nnx
 
 from arpo_jax.data.tokenizer import load_tokenizer
 from arpo_jax.models import build_model, make_mesh
-from arpo_jax.models.sharding import rows_sharding
+from arpo_jax.models.sharding import BATCH, rows_sharding
 from arpo_jax.rollout import RolloutConfig, RolloutEngine, trajectory_record
 from arpo_jax.sampling.config import bucket
 from arpo_jax.tools.build import build_dispatcher
@@ -148,6 +149,7 @@ class RLRunner(TrainTask):
                                     seed=cfg.train.seed)
         self._drop_rollout_copy(self.engine)
         self.val_engine = None
+        self.pack_shapes: set[tuple[int, int]] = set()  # packed (row length, rows) compiled so far
 
     @staticmethod
     def _drop_rollout_copy(engine: RolloutEngine) -> None:
@@ -184,25 +186,30 @@ class RLRunner(TrainTask):
 
     def _packed_arrays(self, parts: list[TrajectoryBatch], tok_adv, weights, groups) -> list[dict]:
         """Tree-packed rows: every process packs its own trees; the row length, sequence length,
-        trajectory slots and packed row count are the maxima over processes (two collectives)."""
+        trajectory slots and packed row count are the maxima over processes (two collectives), the
+        row count a multiple that splits the mini-batch's rows evenly over the batch axes' devices."""
         k = self.updater.num_micro
-        lays = [pack_layout(p, k) for p in parts]
+        d = int(np.prod([self.mesh.shape.get(a, 1) for a in BATCH]))  # devices the rows split over
+        mult = d // math.gcd(d, k * jax.process_count())  # packed rows per micro-batch: a multiple of it
+        lays = [pack_layout(p, k, row_multiple=mult, reuse=self.pack_shapes) for p in parts]
         agreed = allgather_max([[x.row_len, x.seq_len, max(x.traj_rows, self.local_rows // k)]
                                 for x in lays])
         rows = allgather_max([packed_rows_needed(p, x.micro, int(a[0])) for p, x, a in zip(parts, lays, agreed)])
         out = []
         for p, g, x, a, r in zip(parts, groups, lays, agreed, rows):
-            lay = PackLayout(x.micro, int(a[0]), row_bucket(int(r)), int(a[1]), int(a[2]))
+            lay = PackLayout(x.micro, int(a[0]), row_bucket(int(r), mult), int(a[1]), int(a[2]))
+            self.pack_shapes.add((lay.row_len, lay.rows))  # compiled: reused while within 5 % of the tokens
             out.append(packed_arrays(p, tok_adv[g], weights[g], lay, self.tokenizer.pad_token_id,
                                      row_base=jax.process_index() * lay.rows))
         return out
 
-    def policy_batches(self, params, batch: TrajectoryBatch, tok_adv, weights) -> tuple[list[dict], list[jax.Array]]:
-        """The step's mini-batches as global arrays, and the sampler–trainer log-prob gaps.
+    def policy_batches(self, params, batch: TrajectoryBatch, tok_adv, weights) -> tuple[list, list[jax.Array]]:
+        """The step's mini-batches (``PolicyBatch`` or ``PackedPolicyBatch`` of global arrays, built
+        once for all PPO epochs), and the sampler–trainer log-prob gaps.
 
         Mini-batches by prompt (verl's ppo_mini_batch), strided over the step's prompt list
         (``minibatch_groups``), as tree-packed rows (``train.packing``) or one padded row per
-        trajectory, at shapes all processes agree on (power-of-two and ``length_bucket`` buckets),
+        trajectory, at shapes all processes agree on (power-of-two lengths; ``choose_rows`` for packed rows),
         so the compiles are the same everywhere and few. Old-log-prob recompute and reference
         scoring run on the same rows.
         """
@@ -223,7 +230,7 @@ class RLRunner(TrainTask):
                     b["old_logprobs"] = recomputed
             if cfg.loss.kl_coef:
                 b["ref_logprobs"] = self._score(self.ref_params, b)[0]
-            batches.append(b)
+            batches.append(make_packed_policy_batch(**b) if t.packing else make_policy_batch(**b))
         return batches, gaps
 
     def _score(self, params, b: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -242,12 +249,12 @@ class RLRunner(TrainTask):
         epoch = self.loader.epoch_float()
         result = self._rollout(state, [self.prompts[i] for i in local_idx])
         t_rollout = time.perf_counter() - t0
-        trajs = result.trajectories
-        rewards = score_trajectories(trajs, [self.examples[i] for i in local_idx], cfg.reward)
-        seq_adv, tok_adv, weights = advantages(trajs, np.asarray([r.score for r in rewards], np.float32),
+        batch = TrajectoryBatch.from_trajectories(result.trajectories)  # the step's one conversion
+        rewards = score_trajectories(result.trajectories, [self.examples[i] for i in local_idx], cfg.reward)
+        seq_adv, tok_adv, weights = advantages(batch, np.asarray([r.score for r in rewards], np.float32),
                                                cfg.algorithm)
         t_reward = time.perf_counter() - t0 - t_rollout
-        batches, gaps = self.policy_batches(state.params, TrajectoryBatch.from_trajectories(trajs), tok_adv, weights)
+        batches, gaps = self.policy_batches(state.params, batch, tok_adv, weights)
         gathered = gather_rollout(result, rewards, seq_adv, self.share.start, cfg.data.prompts_per_step)
         metrics: dict[str, Any] = dict(gathered.stats)
         metrics.update(reward_metrics(gathered.rewards, gathered.trajectories))
@@ -267,13 +274,12 @@ class RLRunner(TrainTask):
         self._drop_rollout_copy(self.engine)
         return result
 
-    def _update(self, state: TrainState, batches: list[dict], gaps: list[jax.Array], loss_scale) -> dict[str, Any]:
+    def _update(self, state: TrainState, batches: list, gaps: list[jax.Array], loss_scale) -> dict[str, Any]:
         """``train.ppo_epochs`` passes of updates over the mini-batches, back to back; their
         metrics (and the log-prob gaps) are fetched once, after the last."""
         upd = []
         for _ in range(self.config.train.ppo_epochs):
-            for b in batches:
-                batch = make_packed_policy_batch(**b) if self.config.train.packing else make_policy_batch(**b)
+            for batch in batches:
                 state.params, state.opt_state, m = self.updater.apply(state.params, state.opt_state, batch, loss_scale)
                 upd.append(m)
         upd, gaps = jax.device_get((upd, gaps))

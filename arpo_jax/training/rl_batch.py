@@ -2,7 +2,9 @@
 soft / hard, REINFORCE++, Tree-GRPO), the padded ``PolicyBatch`` arrays and the step's metrics over all processes.
 
 Layout: row b is prompt + response of trajectory b, right-padded to T (a power-of-two bucket,
-so the update compiles once per bucket). Advantages are computed on response-aligned [B, Tr]
+so the update compiles once per bucket) or trees packed into rows (``packed_arrays``). The step's
+trajectories are converted once, into a ``TrajectoryBatch``; advantages, both batch layouts and
+the mini-batch split read its arrays. Advantages are computed on its response-aligned [B, Tr]
 arrays (where the rollout tree's ``branch_pos`` lives) and shifted into place. Advantages
 only mix the trajectories of one prompt, so a process that rolled out whole prompts computes
 them alone, exactly.
@@ -17,7 +19,7 @@ import jax
 import numpy as np
 
 from arpo_jax.algorithms import estimators
-from arpo_jax.algorithms.packing import Forest, first_fit, length_bucket, pack_forest, row_bucket
+from arpo_jax.algorithms.packing import Forest, choose_rows, first_fit, pack_forest
 from arpo_jax.rewards import RewardConfig, RewardResult, reward_for
 from arpo_jax.rollout import RolloutResult
 from arpo_jax.rollout.stats import rollout_stats
@@ -50,19 +52,6 @@ def response_arrays(trajs: Sequence[Trajectory]) -> dict[str, np.ndarray]:
         for k, v in t.arrays().items():
             out[k][i, : len(v)] = v
     return out
-
-
-def advantages(trajs: Sequence[Trajectory], rewards: np.ndarray, cfg: AlgorithmConfig
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(sequence advantages [B], token advantages [B, Tr], token weights [B, Tr]), response-aligned:
-    the estimator ``cfg.advantage`` names (``arpo_jax.algorithms.estimators.ESTIMATORS``) on the
-    rewards, prompt groups, rollout tree and loss mask of ``trajs``."""
-    resp = response_arrays(trajs)
-    parent, branch_pos = tree_arrays(list(trajs))
-    inputs = estimators.AdvantageInputs(rewards=rewards, groups=np.asarray([t.prompt_index for t in trajs], np.int32),
-                                        parent=parent, branch_pos=branch_pos, mask=resp["mask"])
-    out = estimators.compute_advantages(cfg.advantage, inputs, estimators.EstimatorOptions(cfg.eps, cfg.norm_by_std))
-    return np.asarray(out.sequence), np.asarray(out.tokens), np.asarray(out.weights)
 
 
 @dataclasses.dataclass
@@ -104,6 +93,18 @@ class TrajectoryBatch:
     def seq_lengths(self) -> np.ndarray:
         """[B] prompt + response tokens of each trajectory."""
         return self.forest.prompt_len + self.forest.length
+
+
+def advantages(batch: TrajectoryBatch, rewards: np.ndarray, cfg: AlgorithmConfig
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sequence advantages [B], token advantages [B, Tr], token weights [B, Tr]), response-aligned:
+    the estimator ``cfg.advantage`` names (``arpo_jax.algorithms.estimators.ESTIMATORS``) on
+    ``rewards`` [B] and the batch's prompt groups, tree (parent, branch_pos) and loss mask."""
+    f = batch.forest
+    inputs = estimators.AdvantageInputs(rewards=rewards, groups=f.group, parent=f.parent, branch_pos=f.branch_pos,
+                                        mask=batch.mask)
+    out = estimators.compute_advantages(cfg.advantage, inputs, estimators.EstimatorOptions(cfg.eps, cfg.norm_by_std))
+    return np.asarray(out.sequence), np.asarray(out.tokens), np.asarray(out.weights)
 
 
 def _at_prompt_offset(resp: np.ndarray, batch: TrajectoryBatch, rows: int, length: int) -> np.ndarray:
@@ -187,13 +188,16 @@ def packed_rows_needed(batch: TrajectoryBatch, micro: list[np.ndarray], row_len:
     return max((first_fit(batch.select(m).forest.tree_sizes(), row_len)[2] for m in micro), default=1) or 1
 
 
-def pack_layout(batch: TrajectoryBatch, num_micro: int, min_len: int = 64) -> PackLayout:
-    """This batch's own layout: rows of the longest tree's ``length_bucket``, a power-of-two
-    count of them and of sequence length (processes agree on the maxima: ``RLRunner``)."""
+def pack_layout(batch: TrajectoryBatch, num_micro: int, min_len: int = 64, row_multiple: int = 1,
+                reuse=()) -> PackLayout:
+    """This batch's own layout: each micro-batch's trees first-fit into the same rows, the row
+    length and count chosen to waste the fewest slots (``choose_rows``: ``length_bucket`` lengths,
+    ``row_bucket`` counts, a multiple of ``row_multiple``; a ``reuse`` shape within 5 % of the
+    tokens), a power-of-two sequence length (processes agree on the maxima: ``RLRunner``)."""
     micro = tree_micro_batches(batch, num_micro)
-    row_len = length_bucket(int(batch.forest.tree_sizes().max(initial=1)), min_len)
-    return PackLayout(micro, row_len, row_bucket(packed_rows_needed(batch, micro, row_len)),
-                      bucket(int(batch.seq_lengths.max(initial=1)), min_len, 1 << 40),
+    row_len, rows = choose_rows([batch.select(m).forest.tree_sizes() for m in micro], min_len,
+                                multiple=row_multiple, reuse=reuse)
+    return PackLayout(micro, row_len, rows, bucket(int(batch.seq_lengths.max(initial=1)), min_len, 1 << 40),
                       max((len(m) for m in micro), default=1) or 1)
 
 

@@ -10,6 +10,7 @@ from arpo_jax.algorithms import advantages as adv
 from arpo_jax.algorithms import estimators as est
 from arpo_jax.config import ConfigError, from_dict
 from arpo_jax.rollout.trajectory import Trajectory, tree_arrays
+from arpo_jax.training.rl_batch import TrajectoryBatch
 from arpo_jax.training.rl_batch import advantages as rl_advantages
 from arpo_jax.training.rl_config import AlgorithmConfig
 from tests.algorithms.forests import random_forest
@@ -80,7 +81,8 @@ def test_rl_batch_advantages_is_the_registry_lookup(name):
     trajs = _trajectories(x)
     parent, branch_pos = tree_arrays(trajs)
     np.testing.assert_array_equal(parent, x.parent)
-    seq, tok, w = rl_advantages(trajs, x.rewards, AlgorithmConfig(advantage=name, eps=1e-6))
+    seq, tok, w = rl_advantages(TrajectoryBatch.from_trajectories(trajs), x.rewards,
+                                AlgorithmConfig(advantage=name, eps=1e-6))
     tr = tok.shape[1]
     ref = est.compute_advantages(name, x._replace(mask=x.mask[:, :tr]), est.EstimatorOptions(1e-6, True))
     np.testing.assert_array_equal(seq, ref.sequence)

@@ -4,7 +4,8 @@ seen exactly as its unpacked sequence (tokens, RoPE positions, visible keys, pre
 import numpy as np
 import pytest
 
-from arpo_jax.algorithms.packing import (Forest, first_fit, layout_tree, length_bucket, pack_forest, row_bucket)
+from arpo_jax.algorithms.packing import (Forest, choose_rows, first_fit, layout_tree, length_bucket, pack_forest,
+                                        row_bucket)
 from tests.algorithms.arpo_trees import arpo_forest
 
 
@@ -86,10 +87,43 @@ def test_first_fit_and_buckets():
     with pytest.raises(ValueError, match="does not fit"):
         first_fit(np.asarray([11]), 10)
     assert [length_bucket(n, 64) for n in (1, 64, 65, 2100, 2400)] == [64, 64, 72, 2304, 2560]
-    assert [row_bucket(n) for n in (0, 1, 3, 4, 5)] == [1, 1, 4, 4, 8]
+    assert [row_bucket(n) for n in (0, 1, 2, 3, 4, 5, 7, 9, 13)] == [1, 1, 2, 3, 4, 6, 8, 12, 16]
+    assert [row_bucket(n, 4) for n in (1, 4, 5, 9, 13)] == [4, 4, 8, 12, 16]
 
 
-def test_too_few_rows_is_an_error():
-    forest, _ = arpo_forest(np.random.default_rng(0), prompts=3, m=2)
-    with pytest.raises(ValueError, match="packed rows"):
-        pack_forest(forest, int(forest.tree_sizes().max()), 1, 64)
+def _by_brute_force(parts, minimum, per_octave, multiple, slack):
+    """Every row count's shortest fitting bucketed length; the shortest row among those within
+    ``slack`` of the mean tokens (or at the fewest slots)."""
+    fresh = []
+    for r in range(1, max(len(x) for x in parts) * multiple + 1):
+        if row_bucket(r, multiple) != r:
+            continue
+        n = length_bucket(max(max(x) for x in parts), minimum, per_octave)
+        while any(first_fit(np.asarray(x), n)[2] > r for x in parts):
+            n = length_bucket(n + 1, minimum, per_octave)
+        fresh.append((n, r))
+    fewest = min(n * r for n, r in fresh)
+    bound = max(fewest, (1 + slack) * sum(x.sum() for x in parts) / len(parts))
+    return min((n, r) for n, r in fresh if n * r <= bound), fewest
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_choose_rows_is_the_shortest_row_within_the_slack(seed):
+    rng = np.random.default_rng(seed)
+    multiple = int(rng.choice([1, 1, 2]))
+    parts = [rng.integers(200, 3000, int(rng.integers(1, 7))) for _ in range(int(rng.integers(1, 4)))]
+    row_len, rows = choose_rows(parts, 64, 32, multiple)
+    assert all(first_fit(x, row_len)[2] <= rows for x in parts)
+    assert row_bucket(rows, multiple) == rows and length_bucket(row_len, 64, 32) == row_len
+    want, fewest = _by_brute_force(parts, 64, 32, multiple, 0.04)
+    assert (row_len, rows) == want
+    if multiple == 1:  # one row holding the largest part is a candidate: at most a bucket step of padding
+        assert fewest <= max(x.sum() for x in parts) * (1 + 1 / 32)
+
+
+def test_choose_rows_prefers_shorter_rows_and_reuses_compiled_shapes():
+    # four trees of 1,000: one row of 4,032 (bucket of 4,000), two of 2,016 or four of 1,008
+    parts = [np.full(4, 1000)]
+    assert choose_rows(parts, 64, 32) == (1008, 4)
+    assert choose_rows(parts, 64, 32, reuse=[(2080, 2), (4096, 1)]) == (2080, 2)  # 4 % over: compiled, taken
+    assert choose_rows(parts, 64, 32, reuse=[(2112, 2), (1008, 8)]) == (1008, 4)  # 5.6 % / 100 % over: not

@@ -57,12 +57,12 @@ def loss_and_grads(params, batch, *, graphdef, packed):
     return out.loss_sum / out.denominator, out.stats, grads
 
 
-def _both(trajs, advantage: str):
+def _both(trajs, advantage: str, reuse=()):
     """(padded arrays, packed arrays, the packed trajectory slot of each trajectory)."""
     rewards = np.random.default_rng(1).integers(0, 2, len(trajs)).astype(np.float32)
-    _, tok_adv, weights = advantages(trajs, rewards, AlgorithmConfig(advantage=advantage))
     batch = TrajectoryBatch.from_trajectories(trajs)
-    layout = pack_layout(batch, MICRO)
+    _, tok_adv, weights = advantages(batch, rewards, AlgorithmConfig(advantage=advantage))
+    layout = pack_layout(batch, MICRO, reuse=reuse)
     slot = np.zeros(len(trajs), np.int64)
     for k, idx in enumerate(layout.micro):
         slot[idx] = np.arange(len(idx)) * MICRO + k
@@ -115,21 +115,47 @@ def test_packing_computes_each_unique_token_once():
     assert real == int(batch.forest.tree_sizes().sum()) < 0.5 * int(batch.seq_lengths.sum())
 
 
+def _shape(trajs, reuse=()):
+    layout = pack_layout(TrajectoryBatch.from_trajectories(trajs), MICRO, reuse=reuse)
+    return layout.row_len, layout.rows, layout.seq_len, layout.traj_rows
+
+
+def test_new_trees_reuse_a_compiled_shape_within_five_percent():
+    """Over 24 steps of new trees, with the packed shapes compiled so far offered for reuse (as
+    ``RLRunner`` does): every step stays within 5 % of its unique tokens or at the fresh
+    (fewest-slots) layout, a compiled shape is reused where it is within 5 %, and no more new
+    shapes are compiled than without reuse."""
+    seen, fresh_seen, reused, new_fresh = set(), set(), 0, 0
+    for seed in range(20, 44):
+        batch = TrajectoryBatch.from_trajectories(trajectories(seed, prompts=4, m=4))
+        fresh = pack_layout(batch, MICRO)
+        lay = pack_layout(batch, MICRO, reuse=seen)
+        unique = batch.forest.tree_sizes().sum()
+        assert MICRO * lay.rows * lay.row_len <= max(1.05 * unique, MICRO * fresh.rows * fresh.row_len)
+        reused += (lay.row_len, lay.rows) in seen and (lay.row_len, lay.rows) != (fresh.row_len, fresh.rows)
+        new_fresh += (fresh.row_len, fresh.rows) not in fresh_seen
+        seen.add((lay.row_len, lay.rows))
+        fresh_seen.add((fresh.row_len, fresh.rows))
+    assert reused >= 1 and len(seen) <= new_fresh
+
+
 def test_a_second_step_with_new_trees_does_not_recompile(models):
     graphdef, params, _ = models
     updater = PolicyUpdater(graphdef, cached_optimizer(OptimizerConfig(lr=1e-3)), LOSS, num_micro=MICRO,
                             vocab_size=VOCAB - 3)
     opt_state = updater.init(params)
     params = jax.tree.map(lambda x: x.copy(), params)
+    first = trajectories(seed=3)
+    known = {_shape(first)[:2]}
+    second = next(t for t in map(trajectories, range(4, 40)) if _shape(t, known) == _shape(first))
     shapes, tokens = [], []
-    for seed in (3, 4):
-        trajs = trajectories(seed=seed)
-        _, packed, _ = _both(trajs, "arpo_soft")
+    for i, trajs in enumerate((first, second)):
+        _, packed, _ = _both(trajs, "arpo_soft", reuse=known)
         shapes.append({k: v.shape for k, v in packed.items()})
         tokens.append(packed["tokens"])
         params, opt_state, m = updater.apply(params, opt_state, make_packed_policy_batch(**packed))
         assert np.isfinite(float(m["loss"]))
-        if seed == 3:
+        if i == 0:
             compiled = update._cache_size()
     assert shapes[0] == shapes[1] and not np.array_equal(*tokens)  # different trees, same bucketed shapes
     assert update._cache_size() == compiled

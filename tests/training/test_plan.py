@@ -128,15 +128,66 @@ def test_qwen25_7b_on_v5p8_fits_with_256_slots_not_with_2048():
 
 
 def test_qwen3_14b_on_8xh100_fits_tensor_parallel_not_fsdp_only():
-    p = plan(_paper("arpo_qwen3_14b_deepsearch.yaml"), PlanOptions(devices=8, device="h100"))
+    contiguous = ("rollout.kv_layout=contiguous", "rollout.num_slots=64")  # the config before the paged layout
+    p = plan(_paper("arpo_qwen3_14b_deepsearch.yaml", *contiguous), PlanOptions(devices=8, device="h100"))
     assert p.fits and p.mesh == dict(data=1, fsdp=1, tensor=8)
     assert p.shapes["seq_len"] == 1536 + 10000 and p.shapes["num_slots"] == 64
     assert 60 * GiB < p.peak <= 72 * GiB
-    fsdp = plan(_paper("arpo_qwen3_14b_deepsearch.yaml", "model.mesh=[1,8,1]", "train.micro_batch_size=8"),
+    fsdp = plan(_paper("arpo_qwen3_14b_deepsearch.yaml", "model.mesh=[1,8,1]", "train.micro_batch_size=8", *contiguous),
                 PlanOptions(devices=8, device="h100"))
     assert not fsdp.fits and "even with rollout.num_slots=8" in fsdp.reason  # full-head attention of 11536 tokens
-    v5p8 = plan(_paper("arpo_qwen3_14b_deepsearch.yaml", "model.mesh=[1,1,4]"), PlanOptions(devices=4, device="v5p"))
+    v5p8 = plan(_paper("arpo_qwen3_14b_deepsearch.yaml", "model.mesh=[1,1,4]", *contiguous),
+                PlanOptions(devices=4, device="v5p"))
     assert not v5p8.fits and v5p8.max_slots == 0
+    paged = plan(_paper("arpo_qwen3_14b_deepsearch.yaml", "model.mesh=[1,1,4]"), PlanOptions(devices=4, device="v5p"))
+    assert not paged.fits and paged.max_pages == 0 and "not even one prompt's worst case" in paged.reason
+
+
+def test_paged_pool_bytes_and_trajectories_in_flight():
+    """The paged pool per device (exact, against the sampler's real state on the mesh: pages
+    not split over data×fsdp, kv heads over tensor) and the in-flight model by hand."""
+    from arpo_jax.apps.plan_paged import LengthModel
+    from arpo_jax.rollout.scheduler import worst_case_pages
+
+    cfg = _tiny_cfg()
+    cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, kv_layout="paged", page_size=4,
+                                                               kv_pages=40, initial_rollouts=2, policy="arpo",
+                                                               chunk_size=4))
+    p = plan(cfg, PlanOptions(devices=8, lengths=LengthModel(response_fraction=0.5, branch_shared=0.5)))
+    mcfg, _ = resolve_model_config(cfg)
+    sstate = init_state(mcfg, 8, 32, paged=(40, 4, "reference"))  # capacity 15 + 16 + 1 = 32: 8 pages
+    assert p.items["kv_cache"] == _device_bytes(jax.device_put(sstate, sampler_shardings(sstate, make_mesh((1, 4, 2)))))
+    pool = 2 * 2 * (1 * 40 * 4 * 16 * 4)  # layers x (k, v) x [K/tensor = 1, 40 pages, 4, 16] fp32, whole per device
+    assert pool < p.items["kv_cache"] < pool + 8 * 8 * 4 + 512  # + the page tables [8, 8] and per-slot fields
+    # tree: prompt 15 + 2 initial x 8 (16 / 2) + 2 branches x 8 x (1 - 0.5) = 39 tokens -> 10 pages + 4 partial
+    f = p.in_flight
+    assert (f["tree_tokens"], f["tree_pages"], f["admission_pages"]) == (39, 14, 18)  # 18 = ceil(14 x 1.25)
+    assert p.max_pages is None and f["prompts_in_flight"] == 2 and f["whole_step"]  # 40 // 18 = 2 prompts
+    assert p.shapes["worst_case_pages"] == worst_case_pages(15, 16, 4, 4, 4) == 4 + 4 * (5 + 1 + 1) <= 40
+
+
+def test_paged_paper_configs_keep_more_trajectories_in_flight():
+    """configs/README.md: the shipped 8B and 14B deep-search configs on 8×H100 (tensor 8: the
+    pool is split over kv heads) keep 4× the contiguous layout's trajectories in flight at the
+    stated distribution (mean response max/2, branches sharing half); the 7B on v5p-8 (fsdp 4:
+    every chip holds the whole pool) gains too little to switch, and GRPO (no sharing) loses."""
+    h100 = PlanOptions(devices=8, device="h100")
+    for name, slots, before, after in (("arpo_qwen3_8b_deepsearch.yaml", 160, 160, 640),
+                                       ("arpo_qwen3_14b_deepsearch.yaml", 64, 60, 252)):  # 14B: M 12 per prompt
+        p = plan(_paper(name), h100)
+        assert p.fits and p.shapes["kv_layout"] == "paged" and p.in_flight["trajectories_in_flight"] == after
+        assert p.max_pages >= p.shapes["kv_pages"] and p.peak <= p.usable_bytes
+        old = plan(_paper(name, "rollout.kv_layout=contiguous", f"rollout.num_slots={slots}"), h100)
+        assert old.fits and old.in_flight["trajectories_in_flight"] == before
+        # per trajectory: 0.33 (8B) and 0.34 (14B) of a contiguous row of max_prompt + max_response
+        assert p.in_flight["kv_bytes_per_trajectory"] < 0.35 * old.in_flight["kv_bytes_per_trajectory"]
+        over = plan(_paper(name, f"rollout.kv_pages={2 * p.max_pages}"), h100)
+        assert not over.fits and f"rollout.kv_pages={p.max_pages} fits" in over.reason
+    v5p = PlanOptions(devices=4, device="v5p")
+    arpo = plan(_paper("arpo_qwen2.5_7b_reasoning.yaml", "rollout.kv_layout=paged", "rollout.kv_pages=39800"), v5p)
+    grpo = plan(_paper("grpo_qwen2.5_7b_reasoning.yaml", "rollout.kv_layout=paged", "rollout.kv_pages=39800"), v5p)
+    in_flight = (arpo.in_flight["trajectories_in_flight"], grpo.in_flight["trajectories_in_flight"])
+    assert arpo.fits and in_flight == (304, 224)  # contiguous: 256 for both
 
 
 def test_scoring_pass_and_two_micro_batches_are_counted():
