@@ -8,7 +8,8 @@ Exact (from the real partition rules on an ``AbstractMesh``, no devices needed):
               (0: prompts_per_step × M) of ``rollout.slot_capacity`` tokens, in the compute
               dtype, split by ``sampling.state.state_shardings`` (slots over data×fsdp, kv heads
               over tensor); it stays allocated during the update (the rollout engine keeps its
-              sampler).
+              sampler). ``rollout.kv_layout: paged``: the page pool, its transients and the
+              trajectories in flight for an assumed length distribution (``apps.plan_paged``).
   grads       one parameter-sized tree (parameter dtype); two with gradient accumulation.
 Estimated (worst case: every prompt max_prompt_tokens long, every response the full budget;
 b = micro-batch rows per device, T = max_prompt + max_response, Dt = compute dtype bytes
@@ -58,6 +59,7 @@ from jax.sharding import AbstractMesh
 from arpo_jax.models.config import ModelConfig
 from arpo_jax.models.sharding import MESH_AXES
 from arpo_jax.training.distributed import local_mesh_shape
+from arpo_jax.apps.plan_paged import LengthModel, PagedEstimate, contiguous_in_flight
 from arpo_jax.apps.plan_estimate import (LOGIT_BYTES, Estimate, abstract_mesh, abstract_params, param_shardings,
                                             resolve_model_config, rows_per_device, shard_bytes)
 from arpo_jax.training.rl_config import RLConfig
@@ -87,6 +89,8 @@ class PlanOptions:
       scores a mini-batch (``score_tokens(num_micro=...)``).
     hosts: JAX processes the devices are split over (a v5p-16 is 2 hosts of 4 chips); with more
       than one, each host rolls out its share of the slots on its own copy of the policy.
+    lengths: the assumed length distribution behind "trajectories in flight" with the paged KV
+      layout (``apps.plan_paged.LengthModel``).
     """
 
     devices: int | None = None
@@ -98,6 +102,7 @@ class PlanOptions:
     cache_during_update: bool = True
     score_rows: int | None = None
     hosts: int = 1
+    lengths: LengthModel = LengthModel()
 
 
 @dataclasses.dataclass
@@ -107,7 +112,10 @@ class MemoryPlan:
     items: params, opt_state, reference, kv_cache, rollout_params, grads, activations,
       gathered_weights, decode_transient, prefill_transient. phases: rollout / update peaks. shapes: the sizes the
       estimate used (rows per device, T, slots, ...). max_slots: the largest rollout.num_slots
-      (a multiple of data×fsdp) that fits, 0 if none does.
+      (a multiple of data×fsdp) that fits, 0 if none does (contiguous layout). max_pages: the
+      largest rollout.kv_pages that fits (paged layout). in_flight: prompts and trajectories
+      the rollout has in flight at once, and KV bytes per trajectory per device
+      (``apps.plan_paged``: paged from the assumed length distribution).
     """
 
     model: ModelConfig
@@ -124,6 +132,8 @@ class MemoryPlan:
     shapes: dict[str, Any]
     max_slots: int | None
     notes: list[str]
+    max_pages: int | None = None
+    in_flight: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -217,15 +227,42 @@ def plan(cfg: RLConfig, opts: PlanOptions = PlanOptions()) -> MemoryPlan:
     mesh, ro_mesh, slot_div = _meshes(cfg, devices, opts.hosts)
     est = Estimate(cfg, mcfg, mesh, ro_mesh, opts.hosts, logits_chunk=opts.logits_chunk, score_rows=opts.score_rows,
                    cache_during_update=opts.cache_during_update)
-    items, ph = est.phases(est.num_slots)
-    peak = max(ph.values())
     usable = int(dev_bytes * opts.usable_fraction) if dev_bytes else None
-    max_slots = _max_slots(est, usable, slot_div)
+    shapes = _shapes(est, devices)
+    if cfg.rollout.kv_layout == "paged":
+        pe = PagedEstimate(est)
+        items, ph = pe.phases(pe.pages)
+        max_pages, max_slots = pe.max_pages(usable), None
+        reason = _paged_reason(pe, ph, usable, max_pages)
+        in_flight = pe.in_flight(pe.pages, opts.lengths)
+        shapes.update(kv_layout="paged", page_size=pe.page, kv_pages=pe.pages, worst_case_pages=pe.worst,
+                      capacity=pe.capacity, prefill_rows=1)
+    else:
+        items, ph = est.phases(est.num_slots)
+        max_slots, max_pages = _max_slots(est, usable, slot_div), None
+        reason = _reason(est, ph, usable, max_slots, slot_div)
+        in_flight = contiguous_in_flight(est, est.num_slots)
+        shapes.update(kv_layout="contiguous")
+    peak = max(ph.values())
     return MemoryPlan(model=mcfg, model_source=source, mesh=dict(mesh.shape), device=name or "unspecified",
                       device_bytes=dev_bytes, usable_bytes=usable, items=items, phases=ph, peak=peak,
-                      fits=None if usable is None else peak <= usable,
-                      reason=_reason(est, ph, usable, max_slots, slot_div), shapes=_shapes(est, devices),
-                      max_slots=max_slots, notes=_notes(est, peak, slot_div))
+                      fits=None if usable is None else peak <= usable, reason=reason, shapes=shapes,
+                      max_slots=max_slots, notes=_notes(est, peak, slot_div), max_pages=max_pages,
+                      in_flight=in_flight)
+
+
+def _paged_reason(pe: PagedEstimate, ph: dict[str, int], usable: int | None, max_pages: int | None) -> str:
+    """The verdict of a paged plan, with the largest rollout.kv_pages that fits."""
+    peak, worst = max(ph.values()), max(ph, key=ph.get)
+    if usable is None:
+        return f"peak {peak / GiB:.1f} GiB per device ({worst} phase); no device memory given"
+    hint = f"; rollout.kv_pages={max_pages} fits" if max_pages else \
+        f"; not even one prompt's worst case ({pe.worst} pages) fits"
+    if peak <= usable:
+        return f"fits: peak {peak / GiB:.1f} GiB per device ({worst} phase) <= {usable / GiB:.1f} GiB usable" + (
+            hint if max_pages and max_pages > pe.pages else "")
+    over = ", ".join(f"{k} {v / GiB:.1f}" for k, v in ph.items() if v > usable)
+    return f"does not fit: per-device GiB {over} > {usable / GiB:.1f} usable" + hint
 
 
 # ----------------------------------------------------------------------------- output
@@ -244,8 +281,8 @@ def format_plan(p: MemoryPlan) -> str:
         f"{p.device})",
         f"update: {s['micro_rows']} rows per micro-batch ({s['rows_per_device']} per device) x {s['num_micro']}, "
         f"T={s['seq_len']}, logits chunk {s['logits_chunk'] or 'off'}",
-        f"rollout: {s['num_slots']} slots ({s['slots_per_device']} per device) x {s['capacity']} tokens; "
-        f"decode window {s['decode_window']}, prefill {s['prefill_rows']} rows x {s['prefill_window']}{per_host}",
+        _rollout_line(p, per_host),
+        _in_flight_line(p),
         f"scoring: {s['score_rows']} rows per forward pass" if s["score_rows"] else "scoring: off",
         "",
         f"{'per device':<20}{'GiB':>10}",
@@ -257,6 +294,28 @@ def format_plan(p: MemoryPlan) -> str:
         lines.append(f"{'device (usable)':<20}{gib(p.device_bytes)} ({p.usable_bytes / GiB:.2f})")
     lines += ["", p.reason] + [f"note: {n}" for n in p.notes]
     return "\n".join(lines)
+
+
+def _rollout_line(p: MemoryPlan, per_host: str) -> str:
+    s = p.shapes
+    if s["kv_layout"] == "paged":
+        return (f"rollout: paged KV, {s['kv_pages']} pages of {s['page_size']} tokens (one prompt's worst case: "
+                f"{s['worst_case_pages']}), {s['num_slots']} slots ({s['slots_per_device']} per device) x "
+                f"{s['capacity']} tokens of page table; prefill 1 row x {s['prefill_window']}{per_host}")
+    return (f"rollout: {s['num_slots']} slots ({s['slots_per_device']} per device) x {s['capacity']} tokens; "
+            f"decode window {s['decode_window']}, prefill {s['prefill_rows']} rows x {s['prefill_window']}{per_host}")
+
+
+def _in_flight_line(p: MemoryPlan) -> str:
+    f = p.in_flight
+    line = (f"in flight: {f['prompts_in_flight']} prompts, {f['trajectories_in_flight']} trajectories"
+            f"{' (a whole step)' if f['whole_step'] else ''}; KV {f['kv_bytes_per_trajectory'] / 2**20:.1f} MiB "
+            "per trajectory per device")
+    if p.shapes["kv_layout"] == "paged":
+        line += (f" (assumed: prompts {f['prompt_tokens']} tokens, mean response {f['mean_response_tokens']:.0f}, "
+                 f"{f['initial']} initial + branches sharing part of the parent's response: "
+                 f"{f['tree_tokens']:.0f} tokens, {f['tree_pages']} pages per prompt tree)")
+    return line
 
 
 def run_plan_command(args) -> int:

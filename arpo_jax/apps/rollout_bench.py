@@ -1,11 +1,10 @@
 """``arpo-jax bench rollout``: the agent loop on the contiguous and the paged KV layout, same run.
 
 Workload: ARPO-shaped (``arpo_release``, M 16, N 8, Z 1, real sandboxed Python tool calls) on
-the scripted stochastic model of ``tests/rollout/scripted.py`` (a bigram transformer that
-writes ``<python>print(6*7)</python>`` calls; run from a repository checkout). Its responses
-follow the scripted transition table; ``--max-response`` sets the budget (the cap a
-contiguous row must hold) so that mean length / cap is about that of a paper config, whose
-responses mostly end far below the cap (the default 160 puts the scripted mean at ~1/8 of it).
+the scripted stochastic model of ``arpo_jax.apps.scripted_agent`` (a bigram transformer that
+writes ``<python>print(6*7)</python>`` calls). Its responses follow the scripted transition
+table; ``--max-response`` sets the budget (the cap a contiguous row must hold) so that
+responses end far below the cap (the default 160 puts the scripted mean at ~1/10 of it).
 
 Per layout: prompt prefill tokens per prompt (÷ prompt length; target 1.0), peak KV bytes
 (contiguous: the slots' rows, allocated whole; paged: peak pages in use × page bytes) and KV
@@ -36,10 +35,8 @@ def add_arguments(parser) -> None:
 
 
 def _scripted():
-    try:
-        from tests.rollout.scripted import build_model, build_tokenizer
-    except ImportError as e:
-        raise SystemExit(f"bench rollout needs the repository's tests/rollout/scripted.py on the path ({e})") from None
+    from arpo_jax.apps.scripted_agent import build_model, build_tokenizer
+
     tok = build_tokenizer()
     prompt = tok.encode("hmmoksoabcdQ", add_special_tokens=False)  # 8 word tokens ending in the question mark "Q"
     return tok, build_model(tok)[0], prompt

@@ -106,6 +106,36 @@ def test_paged_memory_for_an_eighth_gives_the_same_rollout(setup, policy):
     assert squeezed.stats["rollout/paused_prompt_rounds"] > 0  # prompts sat rounds out for memory
 
 
+def test_eviction_of_the_youngest_prompt_gives_the_same_rollout(setup, monkeypatch):
+    """The eviction path: when not even the oldest running prompt fits the free pages, the
+    youngest admitted prompt is released, discarded and re-queued first; re-admitted, it re-runs
+    identically. Pausing and the rounds' fork reservations make this rare on the scripted model
+    (1/8 memory, optimistic estimates and long prompts all paused without evicting), so the
+    round plan here reports no room once, while three prompts are admitted and running (as
+    when the younger prompts hold the pages the oldest needs)."""
+    tok, _, _ = setup
+    prompts = [prompt_ids(tok)] * 3
+    full = _paged(setup, 3, 1, policy="arpo").run(prompts, seed=5)
+    engine = _paged(setup, 3, 1, policy="arpo")
+    real_plan, calls = PageBudget.plan, []
+
+    def plan_with_one_shortage(needs, free):
+        calls.append(len(needs))
+        if len(needs) >= 3 and calls.count(-1) == 0 and len(calls) > 3:
+            calls.append(-1)  # this call: the oldest does not fit
+            return 0
+        return real_plan(needs, free)
+
+    monkeypatch.setattr(engine.pages, "plan", plan_with_one_shortage)
+    res = engine.run(prompts, seed=5)
+    assert -1 in calls and res.stats["rollout/evictions"] >= 1
+    assert _by_prompt(res) == _by_prompt(full)
+    _check_structure(res, tok, 8, 3)
+    _check_branches(res)
+    assert full.stats["rollout/evictions"] == 0
+    assert engine.sampler.pages_free() == engine.pages.num_pages  # the evicted prompt's pages came back
+
+
 def test_a_memory_budget_below_one_prompt_is_rejected(setup):
     with pytest.raises(ValueError, match="rollout.kv_pages .* cannot hold one prompt's worst case"):
         _engine(setup, 2, kv_layout="paged", page_size=4, kv_pages=10)
