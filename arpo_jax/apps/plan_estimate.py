@@ -150,8 +150,8 @@ class Estimate:
         self.p_bytes = shard_bytes(abs_params, param_shardings(abs_params, mesh))
         abs_opt = jax.eval_shape(make_optimizer(self.cfg.optimizer).init, abs_params)
         self.o_bytes = shard_bytes(abs_opt, param_shardings(abs_opt, mesh))
-        self.ro_p_bytes = 0  # each host's rollout copy, stored in the compute dtype (local_copy)
-        if self.hosts > 1:
+        self.ro_p_bytes = 0  # the rollout's copy (local_copy): each host's, or fp32 master weights in the compute dtype
+        if self.hosts > 1 or mcfg.dtype != mcfg.param_dtype:
             ro_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, mcfg.jnp_dtype), abs_params)
             self.ro_p_bytes = shard_bytes(ro_params, param_shardings(ro_params, self.ro_mesh))
 

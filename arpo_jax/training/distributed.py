@@ -119,6 +119,17 @@ def _cast(dtype):
     return jax.jit(lambda x: x.astype(dtype))  # keeps the input's sharding
 
 
+def _needs_cast(x, dtype) -> bool:
+    return jax.numpy.issubdtype(x.dtype, jax.numpy.floating) and x.dtype != dtype
+
+
+def is_copied(tree, dtype) -> bool:
+    """Whether ``local_copy(tree, mesh, dtype)`` makes new arrays (several processes, or leaves
+    stored in another dtype than ``dtype``) rather than returning the trainer's own."""
+    return jax.process_count() > 1 or (dtype is not None and any(_needs_cast(x, dtype)
+                                                                 for x in jax.tree.leaves(tree)))
+
+
 def local_copy(tree, mesh: Mesh, dtype=None):
     """A full copy of the (global, sharded) arrays ``tree`` on this process's devices, laid
     out for ``mesh`` (a ``local_mesh``) by the parameter partition rules. A leaf spread over
@@ -128,13 +139,18 @@ def local_copy(tree, mesh: Mesh, dtype=None):
     dtype: store floating leaves in it (cast before the gather). The model casts every weight
     to its compute dtype before use, so a copy in the compute dtype computes with the same
     weights (identical logits in the CPU test; XLA may keep excess precision in a fused cast
-    elsewhere), in half the memory when the originals are fp32 master weights.
+    elsewhere), in half the memory when the originals are fp32 master weights. On one process
+    only the leaves whose dtype differs are copied (cast in place of their sharding): the
+    memory-bound decode then reads compute-dtype weights; the others are shared, not copied.
     """
     if jax.process_count() == 1:
-        return tree
+        if dtype is None:
+            return tree
+        cast = lambda x: _cast(jax.numpy.dtype(dtype))(x) if _needs_cast(x, dtype) else x  # noqa: E731
+        return jax.tree.map(cast, tree)
 
     def one(x, sharding):
-        if dtype is not None and jax.numpy.issubdtype(x.dtype, jax.numpy.floating) and x.dtype != dtype:
+        if dtype is not None and _needs_cast(x, dtype):
             x = _cast(jax.numpy.dtype(dtype))(x)
         if x.is_fully_addressable:
             return jax.device_put(x, sharding)

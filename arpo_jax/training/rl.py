@@ -39,8 +39,8 @@ from arpo_jax.rollout import RolloutConfig, RolloutEngine, trajectory_record
 from arpo_jax.sampling.config import bucket
 from arpo_jax.tools.build import build_dispatcher
 from arpo_jax.tools.check import check_dispatcher
-from arpo_jax.training.distributed import (allgather_max, global_batch, local_copy, local_mesh, process_rows,
-                                           rows_held)
+from arpo_jax.training.distributed import (allgather_max, global_batch, is_copied, local_copy, local_mesh,
+                                           process_rows, rows_held)
 from arpo_jax.training.loop import TrainTask
 from arpo_jax.training.metrics_log import RolloutDumpWriter
 from arpo_jax.algorithms.packing import row_bucket
@@ -147,16 +147,17 @@ class RLRunner(TrainTask):
         self.engine = RolloutEngine(model, self.tokenizer, self.dispatcher, rcfg, protocol=cfg.tools.protocol,
                                     mesh=self.rollout_mesh, num_prompts=self.share.stop - self.share.start,
                                     seed=cfg.train.seed)
+        self.rollout_copy = is_copied(state.params, state.mcfg.jnp_dtype)
         self._drop_rollout_copy(self.engine)
         self.val_engine = None
         self.pack_shapes: set[tuple[int, int]] = set()  # packed (row length, rows) compiled so far
 
-    @staticmethod
-    def _drop_rollout_copy(engine: RolloutEngine) -> None:
-        """Multi-host: frees this process's copy of the policy (``local_copy``) once a rollout
-        is done, so that it does not sit in device memory through the update (one process
-        shares the trainer's arrays: nothing to free)."""
-        if jax.process_count() > 1:
+    def _drop_rollout_copy(self, engine: RolloutEngine) -> None:
+        """Frees the rollout's copy of the policy (``local_copy``: this process's copy with
+        several processes, the compute-dtype copy of fp32 master weights) once a rollout is
+        done, so that it does not sit in device memory through the update (a rollout that
+        shares the trainer's arrays has nothing to free)."""
+        if self.rollout_copy:
             engine.update_params(None)
 
     def start_lines(self, resumed: bool) -> list[str]:
@@ -271,6 +272,7 @@ class RLRunner(TrainTask):
         self.engine.update_params(local_copy(state.params, self.rollout_mesh, state.mcfg.jnp_dtype))
         result = self.engine.run(prompts, seed=self.config.train.seed * 1_000_003 + state.step,
                                  prompt_offset=self.share.start)
+        self.rollout_copy = is_copied(state.params, state.mcfg.jnp_dtype)
         self._drop_rollout_copy(self.engine)
         return result
 

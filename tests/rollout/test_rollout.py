@@ -7,22 +7,12 @@ import numpy as np
 import pytest
 
 from arpo_jax.rollout import RolloutConfig, RolloutEngine, tree_arrays
-from arpo_jax.tools import PythonToolConfig, ToolDispatcher
 from arpo_jax.training.update import sequence_logprobs
-from tests.rollout.scripted import build_model, build_tokenizer, prompt_ids
+from tests.rollout.scripted import build_model, prompt_ids
 
 import jax.numpy as jnp
 
 P = 4
-
-
-@pytest.fixture(scope="module")
-def setup():
-    tok = build_tokenizer()
-    model, _ = build_model(tok)
-    disp = ToolDispatcher.from_configs(python=PythonToolConfig(timeout_s=20))
-    yield tok, model, disp
-    disp.close()
 
 
 def _engine(setup, **kw):

@@ -9,21 +9,11 @@ from arpo_jax.rollout import RolloutConfig, RolloutEngine
 from arpo_jax.rollout.policies import BranchingPolicy
 from arpo_jax.rollout.policies.base import next_token_entropy
 from arpo_jax.rollout.scheduler import PageBudget, pages_for, round_need, worst_case_pages
-from arpo_jax.tools import PythonToolConfig, ToolDispatcher
-from tests.rollout.scripted import build_model, build_tokenizer, prompt_ids
+from tests.rollout.scripted import prompt_ids
 from tests.rollout.test_rollout import _by_prompt, _check_structure
 
 # the shipped configs' shapes (M, N) at the scripted model's scale
 SHAPES = {"arpo_7b_8b": (16, 8), "arpo_14b": (12, 6)}
-
-
-@pytest.fixture(scope="module")
-def setup():
-    tok = build_tokenizer()
-    model, _ = build_model(tok)
-    disp = ToolDispatcher.from_configs(python=PythonToolConfig(timeout_s=20))
-    yield tok, model, disp
-    disp.close()
 
 
 def _engine(setup, num_prompts, **kw):

@@ -12,8 +12,7 @@ from arpo_jax.rollout.policies import make_policy
 from arpo_jax.rollout.policies.tree_search import node_boundaries, prune, trees_of
 from arpo_jax.rollout.scheduler import worst_case_pages
 from arpo_jax.rollout.trajectory import tree_arrays
-from arpo_jax.tools import PythonToolConfig, ToolDispatcher
-from tests.rollout.scripted import build_model, build_tokenizer, prompt_ids
+from tests.rollout.scripted import prompt_ids
 from tests.rollout.test_rollout import _by_prompt
 
 M, N, L = 2, 2, 2  # 2 trees of 1 + 2·2 = 5 leaves: 10 chains per prompt
@@ -25,15 +24,6 @@ def cfg(**kw):
                 total_rollouts=M * (1 + L * N), max_response_tokens=40, max_prompt_tokens=8, chunk_size=8,
                 max_tool_calls=3, kv_layout="contiguous")
     return RolloutConfig(**{**base, **kw})
-
-
-@pytest.fixture(scope="module")
-def setup():
-    tok = build_tokenizer()
-    model, _ = build_model(tok)
-    disp = ToolDispatcher.from_configs(python=PythonToolConfig(timeout_s=20))
-    yield tok, model, disp
-    disp.close()
 
 
 def engine(setup, **kw):
