@@ -11,7 +11,8 @@ import tests.rollout.scripted as scripted
 from arpo_jax.algorithms.aepo import aepo_branch_probability, premonitor_initial_samples
 from arpo_jax.rollout import POLICIES, RolloutConfig, Trajectory
 from arpo_jax.rollout.policies import make_policy
-from arpo_jax.rollout.policies.aepo import AepoOptions, AepoPolicy, branch_concentration_stats
+from arpo_jax.rollout.policies.aepo import AepoOptions, AepoPolicy
+from arpo_jax.rollout.stats import branch_concentration_metrics
 from arpo_jax.rollout.trajectory import ToolRecord
 
 V = 1000
@@ -143,10 +144,10 @@ def test_premonitoring():
 def test_concentration_stats_by_hand():
     trajs = [Trajectory(prompt_index=g, uid=i, prompt_tokens=[1], parent=p) for i, (g, p) in
              enumerate([(0, -1), (0, 0), (0, 0), (0, 0), (0, 1), (0, 2), (0, 3), (1, -1), (2, -1), (2, 8)])]
-    s = branch_concentration_stats(trajs)  # prompt 0: sources 0:3, 1:1, 2:1, 3:1 -> 5/6; prompt 2: 1/1
-    assert s["branch_concentration_top3"] == pytest.approx((5 / 6 + 1) / 2)
-    assert s["branch_concentration_top3_pooled"] == pytest.approx(6 / 7)
-    assert math.isnan(branch_concentration_stats(trajs[7:8])["branch_concentration_top3"])
+    mean, pooled = branch_concentration_metrics(trajs)  # prompt 0: sources 0:3, 1:1, 2:1, 3:1 -> 5/6; prompt 2: 1/1
+    assert mean == pytest.approx((5 / 6 + 1) / 2)
+    assert pooled == pytest.approx(6 / 7)
+    assert math.isnan(branch_concentration_metrics(trajs[7:8])[0])
 
 
 LOOPING = {"\n</result>": {"a": 0.5, "<python>": 0.45, "<answer>": 0.05}, "a": {"<python>": 0.9, "<answer>": 0.1}}
@@ -172,7 +173,7 @@ def test_penalty_lowers_concentration_on_a_tool_looping_model(monkeypatch):
             eng.policy.options = AepoOptions(penalty_slope=slope, consecutive_scope="chain")
             res = eng.run([scripted.prompt_ids(tok)] * 8, seed=2)
             branches = sum(t.parent >= 0 for t in res.trajectories)
-            out[slope] = (branch_concentration_stats(res.trajectories)["branch_concentration_top3"], branches)
+            out[slope] = (branch_concentration_metrics(res.trajectories)[0], branches)
             assert len(res.trajectories) == 8 * 12  # budget exactly used
     finally:
         disp.close()

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import OrderedDict
-from typing import Sequence
 
 import numpy as np
 
@@ -37,7 +36,6 @@ from arpo_jax.algorithms.aepo import premonitor_initial_samples
 from arpo_jax.algorithms.branching import mean_entropy
 from arpo_jax.rollout.policies.arpo_release import ArpoReleasePolicy
 from arpo_jax.rollout.policies.base import register
-from arpo_jax.rollout.stats import branch_concentration_metrics
 from arpo_jax.rollout.trajectory import Trajectory
 
 CONSECUTIVE_SCOPES = ("prompt", "path", "chain")
@@ -165,12 +163,3 @@ class AepoPolicy(ArpoReleasePolicy):
         record["consecutive"] = consec
         return record
 
-
-def branch_concentration_stats(trajs: Sequence[Trajectory], top: int = 3) -> dict[str, float]:
-    """The branch-concentration metric of a rollout (AEPO's collapse measure): the share of a
-    prompt's branches sourced by its ``top`` most-branching trajectories, averaged over prompts
-    with a branch (``branch_concentration_top3``), and pooled over all of them (``..._pooled``:
-    Σ top-3 sources / Σ branches). NaN without branches. ``rollout_stats`` reports the top-3
-    values of every rollout as ``rollout/branch_concentration`` (and ``..._pooled``)."""
-    mean, pooled = branch_concentration_metrics(trajs, top)
-    return {f"branch_concentration_top{top}": mean, f"branch_concentration_top{top}_pooled": pooled}
