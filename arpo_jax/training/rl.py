@@ -199,7 +199,7 @@ class RLRunner(TrainTask):
         out = []
         for p, g, x, a, r in zip(parts, groups, lays, agreed, rows):
             lay = PackLayout(x.micro, int(a[0]), row_bucket(int(r), mult), int(a[1]), int(a[2]))
-            self.pack_shapes.add((lay.row_len, lay.rows))  # compiled: reused while within 5 % of the tokens
+            self.pack_shapes.add((lay.row_len, lay.rows))  # compiled: reused within PACK_SLACK (4 %) of the tokens
             out.append(packed_arrays(p, tok_adv[g], weights[g], lay, self.tokenizer.pad_token_id,
                                      row_base=jax.process_index() * lay.rows))
         return out
