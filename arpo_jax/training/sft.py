@@ -39,8 +39,9 @@ __all__ = ["SFTConfig", "SFTRunner", "learning_rate", "run_sft", "sft_eval_step"
 def sft_loss(model, batch: dict, logits_chunk: int = 0) -> PolicyLossOutput:
     """Cross-entropy of one (micro-)batch as (loss_sum, denominator, stats).
 
-    batch: tokens int32 [B, T], attention_mask int32 [B, T], loss_mask float32 [B, T];
-    token t is predicted from tokens[:t] and counts when loss_mask[t] > 0. ``logits_chunk`` > 0
+    batch: tokens int32 [B, T], attention_mask int32 [B, T], loss_mask float32 [B, T]; packed
+    rows add positions and key_end int32 [B, T] (the interval mask: each example attends to
+    itself). Token t is predicted from tokens[:t] and counts when loss_mask[t] > 0. ``logits_chunk`` > 0
     computes the fp32 logits that many positions at a time (``map_time_chunks``).
     """
     targets = batch["tokens"][:, 1:]  # [B, T-1]
@@ -51,11 +52,13 @@ def sft_loss(model, batch: dict, logits_chunk: int = 0) -> PolicyLossOutput:
         nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
         return nll, (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32)
 
+    masks = dict(positions=batch["positions"], key_end=batch["key_end"]) if "key_end" in batch else \
+        dict(attention_mask=batch["attention_mask"])
     if logits_chunk:
-        hidden = model(batch["tokens"], attention_mask=batch["attention_mask"], return_hidden=True)[:, :-1]
+        hidden = model(batch["tokens"], **masks, return_hidden=True)[:, :-1]
         nll, correct = map_time_chunks(lambda h, y: nll_and_correct(model.logits(h), y), hidden, targets, logits_chunk)
     else:  # the plain forward: XLA fuses it differently, and training is sensitive to the rounding
-        nll, correct = nll_and_correct(model(batch["tokens"], attention_mask=batch["attention_mask"])[:, :-1], targets)
+        nll, correct = nll_and_correct(model(batch["tokens"], **masks)[:, :-1], targets)
     denom = jnp.sum(mask)
     return PolicyLossOutput(jnp.sum(nll * mask), denom, {"num_tokens": denom, "correct": jnp.sum(correct * mask)})
 
@@ -115,7 +118,7 @@ class SFTRunner(TrainTask):
         self.examples, self.counts = self._load(d.train_files)
         self.loader = SFTLoader(self.examples, batch_size=t.batch_size, max_len=t.max_len, seed=t.seed,
                                 shuffle=d.shuffle, bucket_window=d.bucket_window, min_bucket=d.min_bucket,
-                                pad_id=self.tokenizer.pad_token_id)
+                                pad_id=self.tokenizer.pad_token_id, pack=d.pack, pack_window=d.pack_window)
         self.eval_loader = None
         if d.eval_files and t.eval_every:
             self.eval_loader = SFTLoader(self._load(d.eval_files)[0], batch_size=1, max_len=t.max_len,
@@ -138,7 +141,8 @@ class SFTRunner(TrainTask):
             return []
         c = self.counts
         return [f"SFT: {c['examples']} examples ({c['tokens']} tokens, {c['truncated']} truncated, "
-                f"{c['dropped_long'] + c['dropped_empty']} dropped), {self.loader.batches_per_epoch} batches/epoch, "
+                f"{c['dropped_long'] + c['dropped_empty']} dropped), {self.loader.batches_per_epoch} batches/epoch"
+                f"{' (packed rows)' if self.config.data.pack else ''}, "
                 f"{self.total_steps} steps"]
 
     def step(self, state: TrainState, loss_scale: jax.Array, updates_done: int) -> dict[str, Any]:

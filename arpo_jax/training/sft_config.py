@@ -21,6 +21,9 @@ class SFTDataConfig:
 
     bucket_window: length bucketing: sort by length within windows of this many batches.
     min_bucket: rows are padded to min_bucket * 2**k (capped at train.max_len); 0 = max_len.
+    pack: pack whole examples into rows of train.max_len tokens instead (each attends only to
+      itself; train.batch_size then counts rows): random batches with almost no padding.
+    pack_window: rows open to first-fit packing at once.
     truncate: cut examples longer than train.max_len (else drop them).
     lenient: skip malformed rows (counted) instead of failing on the first one.
     template_kwargs: extra chat-template arguments (e.g. ``{enable_thinking: false}``).
@@ -35,6 +38,8 @@ class SFTDataConfig:
     shuffle: bool = True
     bucket_window: int = 16
     min_bucket: int = 64
+    pack: bool = False
+    pack_window: int = 16
     template_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 

@@ -144,3 +144,34 @@ def test_length_bucketing_reduces_padding_and_eval_covers_everything():
     rows = list(bucketed.eval_batches(10))
     assert len(rows) == 7 and rows[-1]["attention_mask"][4:].sum() == 0
     assert sum(int(r["attention_mask"].sum()) for r in rows) == sum(len(e.tokens) for e in examples)
+
+
+def test_packed_loader_places_every_example_whole_once_and_resumes():
+    """data.pack: rows of max_len hold whole examples (first fit), each example once per epoch
+    (but those of the incomplete last batch), random order, one shape, and exact resume."""
+    examples = _fake(300, seed=2)
+    kw = dict(batch_size=4, max_len=128, seed=3, pack=True, pack_window=8)
+    a = SFTLoader(examples, **kw)
+    n = a.batches_per_epoch
+    seq = [a.next_batch() for _ in range(n + 3)]
+    assert seq[n].position == LoaderPosition(1, 0)
+    ids = [i for b in seq[:n] for i in b.ids]
+    assert len(ids) == len(set(ids)) >= len(examples) - 4 * 3  # at most a few rows' worth left out
+    real = sum(int(b.attention_mask.sum()) for b in seq[:n])
+    assert real > 0.9 * seq[0].tokens.size * n  # first fit leaves little padding
+    for b in seq:
+        assert b.tokens.shape == (4, 128)
+        for row in range(4):  # key_end marks whole examples; positions restart at each one
+            r_ids = [int(t) for t in b.tokens[row][b.attention_mask[row] > 0]]
+            starts = np.flatnonzero(b.positions[row] == 0)
+            for s in starts[:-1]:
+                e = b.key_end[row, s]
+                if b.attention_mask[row, s]:
+                    assert (b.tokens[row, s:e] == b.tokens[row, s]).all() and b.loss_mask[row, s] == 0
+            assert len(r_ids) <= 128
+    assert [b.ids for b in seq[:3]] != [b.ids for b in seq[n:n + 3]]  # another order in epoch 1
+    b = SFTLoader(examples, **kw)
+    b.set_position(seq[n - 2].position.to_dict())
+    for x, y in zip([b.next_batch() for _ in range(4)], seq[n - 2:n + 2]):
+        assert x.ids == y.ids and x.position == y.position
+        np.testing.assert_array_equal(x.key_end, y.key_end)
