@@ -234,7 +234,8 @@ def test_compare_table_reports_mean_std_and_gain_over_sft():
     accs = [0.40, 0.50, 0.45]
     summary = {"command": "arpo-jax demo --compare --seeds 3", "total_s": 12.3, "out": "/o", "setting": "S",
                "sft": {"accuracy": 0.1, "per_set": {"arith": 0.0, "fact": 0.2}},
-               "results": {"trajectory": [run(i, 0.2, 0.1 * i) for i in range(3)],
+               "labels": {"grpo": "GRPO (trajectory rollouts)", "arpo": "ARPO (entropy branching)"},
+               "results": {"grpo": [run(i, 0.2, 0.1 * i) for i in range(3)],
                            "arpo": [run(i, a, 1.0) for i, a in enumerate(accs)]}}
     md = render_markdown(summary)
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in md.splitlines() if line.startswith("| ")}
@@ -245,7 +246,7 @@ def test_compare_table_reports_mean_std_and_gain_over_sft():
     assert arpo[2:4] == ["1.00 ± 0.00", "0.25 ± 0.00"] and arpo[6] == "200 ± 100"
     assert rows["GRPO (trajectory rollouts)"][2] == f"0.10 ± {np.std([0, .1, .2], ddof=1):.2f}"
     assert rows["after SFT (one checkpoint)"][1:4] == ["0.100", "0.00", "0.20"]
-    assert "total 12 s" in md and "ARPO 0.400, 0.500, 0.450" in md
+    assert "total 12 s" in md and "ARPO 0.400, 0.500, 0.450" in md and md.startswith("## GRPO vs ARPO (`--compare`)")
 
 
 def test_demo_passes_python_tool_settings_to_every_phase():
@@ -265,3 +266,14 @@ def test_demo_passes_python_tool_settings_to_every_phase():
     r = subprocess.run([sys.executable, "-m", "arpo_jax.cli", "demo", "train.steps=3"], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and "only tools.python.* overrides" in r.stderr
+
+
+def test_a_train_citys_first_syllable_does_not_tell_its_second():
+    """Fact answers must be copied whole from the search result: in the train split most first
+    syllables start several cities (else SFT learns to complete held-out cities from memory)."""
+    import collections
+
+    w = T.build_world(0)
+    syllable = re.compile(r"[A-Z]?[^aeiou]+[aeiou]+")
+    firsts = collections.Counter(syllable.match(c.name).group(0) for c in w.cities["train"])
+    assert sorted(firsts.values())[len(firsts) // 2] >= 5

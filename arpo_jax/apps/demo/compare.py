@@ -1,7 +1,7 @@
-"""``arpo-jax demo --compare --seeds S``: GRPO vs ARPO at the same budget M, from the same SFT
-checkpoint, S seeds each; a Markdown table of held-out accuracy (mean ± std over seeds, per task
-set, gain over SFT), tool calls per trajectory during training, total tool calls executed and
-wall time."""
+"""``arpo-jax demo --compare --methods grpo,arpo --seeds S``: RL methods (``methods.methods``:
+GRPO, ARPO, AEPO, Tree-GRPO) at the same budget M, from the same SFT checkpoint, S seeds each; a
+Markdown table of held-out accuracy (mean ± std over seeds, per task set, gain over SFT), tool
+calls per trajectory during training, total tool calls executed and the RL phase's wall time."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from arpo_jax.apps.demo import run as demo
+from arpo_jax.apps.demo.methods import method as demo_method
 
 
 def _mean_std(xs, digits: int = 3) -> str:
@@ -37,8 +38,9 @@ def write_section(path: Path, md: str) -> None:
     path.write_text(new, encoding="utf-8")
 
 
-def run_compare(out: Path, *, seeds: int = 3, quick: bool = False, results_md: str | None = "docs/results.md") -> dict:
-    """Runs data + SFT once, then GRPO and ARPO RL + held-out eval for each seed."""
+def run_compare(out: Path, *, seeds: int = 3, quick: bool = False, results_md: str | None = "docs/results.md",
+                methods: tuple[str, ...] = ("grpo", "arpo")) -> dict:
+    """Runs data + SFT once, then RL + held-out eval of each method for each seed."""
     from arpo_jax.apps.demo.data import prepare_demo_data
     from arpo_jax.eval.runner import EvalConfig, run_eval
     from arpo_jax.training.rl import run_train
@@ -47,6 +49,7 @@ def run_compare(out: Path, *, seeds: int = 3, quick: bool = False, results_md: s
     from arpo_jax.training.sft_config import SFTConfig
 
     size = demo.SIZES["quick" if quick else "default"]
+    labels = {m: demo_method(m, size.total_rollouts, size.initial_rollouts).label for m in methods}  # checks names
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     paths = prepare_demo_data(out / "data", seed=0, quick=quick, n_train=size.n_train, n_heldout=size.n_heldout)
@@ -55,9 +58,9 @@ def run_compare(out: Path, *, seeds: int = 3, quick: bool = False, results_md: s
     sft_model = sft["exported"][-1]
     base = run_eval(demo._load(EvalConfig, demo._write(out / "configs" / "eval_sft.yaml",
                                                        demo.eval_config(paths, sft_model, out / "eval_sft", size))))
-    results: dict[str, list[dict]] = {"trajectory": [], "arpo": []}
+    results: dict[str, list[dict]] = {m: [] for m in methods}
     for seed in range(seeds):
-        for policy in ("trajectory", "arpo"):
+        for policy in methods:
             run_dir = out / f"{policy}_seed{seed}"
             print(f"[compare] {policy} seed {seed}", file=sys.stderr, flush=True)
             t = time.perf_counter()
@@ -78,7 +81,9 @@ def run_compare(out: Path, *, seeds: int = 3, quick: bool = False, results_md: s
                 "wall_s": wall})
     sft_acc, sft_per, sft_calls = demo.accuracy(base)
     summary = {
-        "command": f"arpo-jax demo --compare --seeds {seeds}{' --quick' if quick else ''}",
+        "command": (f"arpo-jax demo --compare --methods {','.join(methods)} --seeds {seeds}"
+                    f"{' --quick' if quick else ''}"),
+        "labels": labels,
         "total_s": time.perf_counter() - t0, "out": str(out),
         "setting": (f"M = {size.total_rollouts} trajectories per prompt (ARPO: N = {size.initial_rollouts}), "
                     f"{size.prompts_per_step} prompts per step, {size.rl_steps} RL steps, {size.n_heldout} "
@@ -93,14 +98,11 @@ def run_compare(out: Path, *, seeds: int = 3, quick: bool = False, results_md: s
     return summary
 
 
-NAMES = {"trajectory": "GRPO (trajectory rollouts)", "arpo": "ARPO (entropy branching)"}
-
-
 def render_markdown(summary: dict) -> str:
     """The comparison section of ``docs/results.md`` from a ``compare.json`` summary: held-out
     accuracy (overall and per task set) after SFT and after each RL method, and each method's
     gain over SFT against its spread between seeds."""
-    sft, results = summary["sft"], summary["results"]
+    sft, results, names = summary["sft"], summary["results"], summary.get("labels", {})
     sets = sorted(sft["per_set"])
     seeds = len(next(iter(results.values())))
     head = ["method", "held-out accuracy", *sets, "gain over SFT", "tool calls / traj (train)",
@@ -112,15 +114,16 @@ def render_markdown(summary: dict) -> str:
         acc = [r["accuracy"] for r in rs]
         gain = np.asarray(acc) - sft["accuracy"]
         lines.append(
-            f"| {NAMES.get(policy, policy)} | {_mean_std(acc)} | "
+            f"| {names.get(policy, policy)} | {_mean_std(acc)} | "
             + " | ".join(_mean_std([r["per_set"][k] for r in rs], 2) for k in sets)
             + f" | {_mean_std(gain)} | {_mean_std([r['train_tool_calls_per_traj'] for r in rs], 2)} | "
             f"{_mean_std([r['train_tool_calls_total'] for r in rs], 0)} | "
             f"{_mean_std([r['branches_per_prompt'] for r in rs], 2)} | {_mean_std([r['wall_s'] for r in rs], 0)} |")
-    return (f"## GRPO vs ARPO (`--compare`)\n\nCommand: `{summary['command']}` (total {summary['total_s']:.0f} s)."
+    title = " vs ".join(names.get(p, p).split(" (")[0] for p in results)
+    return (f"## {title} (`--compare`)\n\nCommand: `{summary['command']}` (total {summary['total_s']:.0f} s)."
             f"\n\nSetting: {summary['setting']}. Same SFT checkpoint for every run; seeds 0..{seeds - 1} change "
             f"the RL rollouts and prompt order. Mean ± sample std over seeds; accuracy is pass@1.\n\n"
             + "\n".join(lines) + "\n\nAccuracy per seed: "
-            + "; ".join(f"{NAMES.get(p, p).split(' (')[0]} " + ", ".join(f"{r['accuracy']:.3f}" for r in rs)
+            + "; ".join(f"{names.get(p, p).split(' (')[0]} " + ", ".join(f"{r['accuracy']:.3f}" for r in rs)
                         for p, rs in results.items())
             + f". All per-run numbers: `{summary['out']}/compare.json`.\n")

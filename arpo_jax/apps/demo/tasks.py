@@ -5,7 +5,7 @@ Three kinds of question, each a ``data_source`` of its own:
 * ``arith``: ``a*b`` with a 4-digit ``a`` and a 3-digit ``b`` (a 7-digit product) -> the Python tool;
 * ``fact``: where a generated fictional person was born, found only through the
   search tool over a generated corpus (one JSONL document per person, BM25 backend);
-* ``multihop``: a birth year found by search, multiplied by a 2-digit number -> search, then Python.
+* ``multihop``: a birth year found by search, multiplied by a 3-digit number -> search, then Python.
 
 Every name, number and document has a fixed shape: a person is "First Last" with two
 two-syllable words, a city one two-syllable word, years and operands a fixed number of
@@ -108,15 +108,18 @@ def _number_split(rng: random.Random, lo: int, hi: int, heldout_share: float) ->
     return {"heldout": set(pool[:cut]), "train": set(pool[cut:])}
 
 
-def build_world(seed: int = 0, people: tuple[int, int] = (2400, 300), cities: tuple[int, int] = (120, 40),
-                heldout_share: float = 0.25) -> World:
+def build_world(seed: int = 0, people: tuple[int, int] = (2400, 300),
+                cities: tuple[int, int] = (1500, 300), heldout_share: float = 0.25) -> World:
     """Generates the entities and operand pools; ``people``/``cities`` are (train, held-out) counts.
 
     City names, first names and last names are three disjoint word sets, so a search for a
-    person never matches a city. A person's birth city is from the same split. Many people
-    share a first or a last name (BM25 ranks the person matching both first), and there are
-    enough people that SFT traces rarely repeat a fact: the cold-start model must learn to
-    copy from the tool result rather than memorise answers.
+    person never matches a city. There are many more cities than syllables, so a city's first
+    syllable does not tell its second: the traces reward copying the whole name from the search
+    result (with 120 train cities the model completed the first syllable from memory, and
+    held-out cities, disjoint from the train ones, came out wrong). A person's birth city is
+    from the same split. Many people share a first or a last name (BM25 ranks the person
+    matching both first), and there are enough people that SFT traces rarely repeat a fact: the
+    cold-start model must learn to copy from the tool result rather than memorise answers.
     """
     rng = random.Random(f"arpo-demo-world-{seed}")
     taken: set[str] = set()
@@ -134,7 +137,9 @@ def build_world(seed: int = 0, people: tuple[int, int] = (2400, 300), cities: tu
                                       rng.randint(1700, 1999)) for name in names[start:start + n]]
         start += n
     numbers = _number_split(rng, 60, 9999, heldout_share)  # one partition: no number is in both splits
-    ranges = {"a": (2000, 9999), "b": (500, 999), "k": (60, 99)}  # a*b: 7 digits; year*k: 6 digits
+    # a*b and year*k both have 7 digits: copying a Python result into the answer is one skill
+    # for both kinds (with a 2-digit k, a 6-digit copy learnt from multi-hop traces alone failed)
+    ranges = {"a": (2000, 9999), "b": (500, 999), "k": (600, 999)}
     operands = {s: {key: [n for n in range(lo, hi + 1) if n in numbers[s]] for key, (lo, hi) in ranges.items()}
                 for s in SPLITS}
     return World(split_people, split_cities, operands)
