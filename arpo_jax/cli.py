@@ -102,7 +102,7 @@ def cmd_demo(args) -> int:
         from arpo_jax.apps.demo.compare import run_compare
 
         run_compare(Path(args.out), seeds=args.seeds, quick=args.quick, results_md=args.results,
-                    methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()))
+                    methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), sft_model=args.sft_model)
         return 0
     from arpo_jax.apps.demo.run import run_phases
 
@@ -221,6 +221,8 @@ def _add_run_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare", action="store_true", help="RL methods from the same SFT checkpoint")
     p.add_argument("--methods", default="grpo,arpo", help="with --compare: any of grpo,arpo,aepo,tree_grpo")
+    p.add_argument("--sft-model", default=None, help="with --compare: the SFT export of a seed-0 demo run "
+                   "(same data and SFT) instead of training it again")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method with --compare")
     p.add_argument("--results", default="docs/results.md", help="Markdown written by --compare")
     p.add_argument("--walkthrough", action="store_true", help="the model/checkpoint walkthrough instead")

@@ -39,8 +39,10 @@ def write_section(path: Path, md: str) -> None:
 
 
 def run_compare(out: Path, *, seeds: int = 3, quick: bool = False, results_md: str | None = "docs/results.md",
-                methods: tuple[str, ...] = ("grpo", "arpo")) -> dict:
-    """Runs data + SFT once, then RL + held-out eval of each method for each seed."""
+                methods: tuple[str, ...] = ("grpo", "arpo"), sft_model: str | None = None) -> dict:
+    """Runs data + SFT once, then RL + held-out eval of each method for each seed. ``sft_model``:
+    the SFT export of a demo run with seed 0 (the same data and SFT), used instead of training it
+    again."""
     from arpo_jax.apps.demo.data import prepare_demo_data
     from arpo_jax.eval.runner import EvalConfig, run_eval
     from arpo_jax.training.rl import run_train
@@ -53,9 +55,11 @@ def run_compare(out: Path, *, seeds: int = 3, quick: bool = False, results_md: s
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     paths = prepare_demo_data(out / "data", seed=0, quick=quick, n_train=size.n_train, n_heldout=size.n_heldout)
-    sft = run_sft(demo._load(SFTConfig, demo._write(out / "configs" / "sft.yaml",
-                                                    demo.sft_config(paths, out, size, 0))))
-    sft_model = sft["exported"][-1]
+    reused = sft_model is not None
+    if sft_model is None:
+        sft = run_sft(demo._load(SFTConfig, demo._write(out / "configs" / "sft.yaml",
+                                                        demo.sft_config(paths, out, size, 0))))
+        sft_model = sft["exported"][-1]
     base = run_eval(demo._load(EvalConfig, demo._write(out / "configs" / "eval_sft.yaml",
                                                        demo.eval_config(paths, sft_model, out / "eval_sft", size))))
     results: dict[str, list[dict]] = {m: [] for m in methods}
@@ -82,7 +86,7 @@ def run_compare(out: Path, *, seeds: int = 3, quick: bool = False, results_md: s
     sft_acc, sft_per, sft_calls = demo.accuracy(base)
     summary = {
         "command": (f"arpo-jax demo --compare --methods {','.join(methods)} --seeds {seeds}"
-                    f"{' --quick' if quick else ''}"),
+                    f"{' --quick' if quick else ''}{f' --sft-model {sft_model}' if reused else ''}"),
         "labels": labels,
         "total_s": time.perf_counter() - t0, "out": str(out),
         "setting": (f"M = {size.total_rollouts} trajectories per prompt (ARPO: N = {size.initial_rollouts}), "
