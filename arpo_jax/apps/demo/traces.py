@@ -52,16 +52,18 @@ def answer_text(answer: str) -> str:
 
 
 def wrong_answer(task: Task, rng: random.Random, pool: Sequence[str] = ()) -> str:
-    """A plausible wrong answer: a random number with the gold's digit count, or another name
-    from ``pool``. A numeric guess shares nothing with the gold beyond its length: guesses that
-    kept the gold's leading digits taught SFT to estimate a product's leading digits from the
-    question, a second circuit that competed with copying the Python result into the answer."""
+    """A plausible wrong answer: a number with some digits changed, or another name from ``pool``."""
     gold = task.answer
     if gold.isdigit():
-        while True:
-            guess = str(rng.randint(10 ** (len(gold) - 1), 10 ** len(gold) - 1))
+        for _ in range(100):
+            digits = list(gold)
+            keep = max(1, len(digits) // 2) if task.kind != "fact" else 2
+            for i in range(keep, len(digits)):
+                digits[i] = str(rng.randint(0, 9))
+            guess = "".join(digits)
             if guess != gold:
                 return guess
+        return str(int(gold) + 1)
     others = [p for p in pool if p != gold]
     return rng.choice(others) if others else gold + "a"
 
