@@ -14,6 +14,7 @@ from arpo_jax.rollout.policies import make_policy
 from arpo_jax.rollout.policies.aepo import AepoOptions, AepoPolicy
 from arpo_jax.rollout.stats import branch_concentration_metrics
 from arpo_jax.rollout.trajectory import ToolRecord
+from arpo_jax.tools import ToolDispatcher, ToolOutput
 
 V = 1000
 
@@ -153,18 +154,28 @@ def test_concentration_stats_by_hand():
 LOOPING = {"\n</result>": {"a": 0.5, "<python>": 0.45, "<answer>": 0.05}, "a": {"<python>": 0.9, "<answer>": 0.1}}
 
 
+class Answer42:
+    """What the sandboxed Python tool answers to the scripted model's only call, without a process
+    for each of the ~600 calls here (results are appended one chunk after the call whatever the
+    tool's latency; the real tool in the agent loop: test_rollout.py)."""
+
+    def run(self, body, timeout_s=None):
+        assert body == "print(6*7)", body
+        return ToolOutput("42", "ok")
+
+
 def test_penalty_lowers_concentration_on_a_tool_looping_model(monkeypatch):
     """Chains that keep calling the tool make many decisions; without the penalty (slope 0:
     ARPO's rule, probability 0.5 + 0.2·ΔH) the earliest chains source most branches. A
     per-chain penalty (slope 1: no two branchings in a row) spreads them."""
     from arpo_jax.rollout import RolloutEngine
-    from arpo_jax.tools import PythonToolConfig, ToolDispatcher
 
     monkeypatch.setattr(scripted, "TRANSITIONS", {**scripted.TRANSITIONS, **LOOPING})
     tok = scripted.build_tokenizer()
     model, _ = scripted.build_model(tok)
-    disp = ToolDispatcher.from_configs(python=PythonToolConfig(timeout_s=20))
-    rc = cfg(total_rollouts=12, initial_rollouts=2, max_response_tokens=96, max_prompt_tokens=8, chunk_size=8,
+    disp = ToolDispatcher({"python": Answer42()})
+    # 8 + 55 + 1 = 64 cache positions: one attention window, so each sampler step compiles once
+    rc = cfg(total_rollouts=12, initial_rollouts=2, max_response_tokens=55, max_prompt_tokens=8, chunk_size=8,
              max_tool_calls=8, entropy_tokens=3)
     out = {}
     eng = RolloutEngine(model, tok, disp, rc, num_prompts=8, seed=0)

@@ -5,9 +5,10 @@ import math
 
 import numpy as np
 import pytest
+from flax import nnx
 
 from arpo_jax.rollout import RolloutConfig, RolloutEngine, tree_arrays
-from arpo_jax.training.update import sequence_logprobs
+from arpo_jax.training.update import score_tokens
 from tests.rollout.scripted import build_model, prompt_ids
 
 import jax.numpy as jnp
@@ -21,6 +22,20 @@ def _engine(setup, **kw):
                 max_tool_calls=3, entropy_tokens=3)
     base.update(kw)
     return RolloutEngine(model, tok, disp, RolloutConfig(**base), num_prompts=P, seed=0)
+
+
+@pytest.fixture(scope="module")
+def engine_for(setup):
+    """policy → an ``_engine`` with the defaults, shared by the tests of this module: an engine
+    compiles its sampler's steps once, and a run depends only on its prompts and seed."""
+    engines = {}
+
+    def get(policy):
+        if policy not in engines:
+            engines[policy] = _engine(setup, policy=policy)
+        return engines[policy]
+
+    return get
 
 
 def _check_structure(res, tok, m, num_prompts=P):
@@ -56,21 +71,28 @@ def _check_structure(res, tok, m, num_prompts=P):
 
 
 @pytest.mark.parametrize("policy", ["trajectory", "arpo", "arpo_release"])
-def test_rollout_structure_masks_and_shared_prefixes(setup, policy):
+def test_rollout_structure_masks_and_shared_prefixes(setup, engine_for, policy):
     tok, model, _ = setup
-    eng = _engine(setup, policy=policy)
+    eng = engine_for(policy)
     res = eng.run([prompt_ids(tok)] * P, seed=3)
     _check_structure(res, tok, 8)
     if policy != "trajectory":
         assert res.stats["rollout/branches_per_prompt"] > 0 and res.decisions
-    # the sampler's log-probs are what the trainer computes for the same sequences
-    for t in res.trajectories[:6]:
-        seq = jnp.asarray([t.prompt_tokens + t.tokens], jnp.int32)
-        lp, ent = sequence_logprobs(model, seq, jnp.ones_like(seq), vocab_size=len(tok))
-        p = len(t.prompt_tokens)
+    # the sampler's log-probs are what the trainer computes for the same sequences (one right-padded
+    # batch of a fixed width, as the trainer scores them: one compilation, not one per length)
+    trajs = res.trajectories[:6]
+    seqs = [t.prompt_tokens + t.tokens for t in trajs]
+    tokens = np.zeros((len(seqs), 64), np.int32)
+    for i, s in enumerate(seqs):
+        tokens[i, : len(s)] = s
+    attn = (np.arange(64)[None] < np.asarray([len(s) for s in seqs])[:, None]).astype(np.int32)
+    graphdef, params = nnx.split(model)
+    lp, ent = score_tokens(params, jnp.asarray(tokens), jnp.asarray(attn), graphdef=graphdef, vocab_size=len(tok))
+    for i, t in enumerate(trajs):
+        p, n = len(t.prompt_tokens), len(seqs[i])
         m = np.asarray(t.mask, bool)
-        np.testing.assert_allclose(np.asarray(lp)[0, p:][m], np.asarray(t.logprobs)[m], atol=2e-4)
-        np.testing.assert_allclose(np.asarray(ent)[0, p:][m], np.asarray(t.entropies)[m], atol=2e-4)
+        np.testing.assert_allclose(np.asarray(lp)[i, p:n][m], np.asarray(t.logprobs)[m], atol=2e-4)
+        np.testing.assert_allclose(np.asarray(ent)[i, p:n][m], np.asarray(t.entropies)[m], atol=2e-4)
     # determinism: same seed, same rollout
     again = eng.run([prompt_ids(tok)] * P, seed=3)
     assert [t.tokens for t in again.trajectories] == [t.tokens for t in res.trajectories]
@@ -81,11 +103,14 @@ def test_paper_rule_branch_rate_follows_alpha_plus_beta_delta_h(setup):
     entropies) maps to P = clip(α + β·ΔH) and branches happen at rate P (binomial z-test)."""
     tok, _, _ = setup
     alpha, beta, k = 0.35, 0.6, 3
+    # M = 4: a prompt's decisions are made on its first chains (about two), whatever M; the refills
+    # that fill a larger budget make none, and only cost tool calls
+    n, m = 32, 4
     eng = _engine(setup, policy="arpo", paper_decision="stochastic", base_probability=alpha, entropy_weight=beta,
-                  total_rollouts=16, initial_rollouts=2, entropy_tokens=k, num_slots=16 * 16)
+                  total_rollouts=m, initial_rollouts=2, entropy_tokens=k, num_slots=n * m)
     decisions, probs = [], []
-    for seed in range(4):
-        res = eng.run([prompt_ids(tok)] * 16, seed=seed)
+    for seed in range(3):
+        res = eng.run([prompt_ids(tok)] * n, seed=seed)
         by_uid = {t.uid: t for t in res.trajectories}
         for d in res.decisions:
             t = by_uid[d["uid"]]
@@ -95,7 +120,7 @@ def test_paper_rule_branch_rate_follows_alpha_plus_beta_delta_h(setup):
             assert math.isclose(d["probability"], p, abs_tol=1e-5)
             decisions.append(d["branch"])
             probs.append(p)
-        _check_structure(res, tok, 16, 16)
+        _check_structure(res, tok, m, n)
     decisions, probs = np.asarray(decisions, float), np.asarray(probs)
     assert len(decisions) >= 120 and probs.std() > 0.05  # many decisions at varied probabilities
     z = (decisions.sum() - probs.sum()) / math.sqrt((probs * (1 - probs)).sum())
@@ -227,13 +252,13 @@ def _by_prompt(res, offset=0):
 
 
 @pytest.mark.parametrize("policy", ["trajectory", "arpo", "arpo_release"])
-def test_prompt_shards_roll_out_exactly_like_the_whole_batch(setup, policy):
+def test_prompt_shards_roll_out_exactly_like_the_whole_batch(setup, engine_for, policy):
     """Per-prompt randomness: two runs over halves of the batch (``prompt_offset``), on an
     engine with half the slots, give exactly the trajectories and branching decisions of one
     run over the whole batch — what the JAX processes of a multi-host RL step rely on."""
     tok, _, _ = setup
     prompts = [prompt_ids(tok)] * P
-    whole = _engine(setup, policy=policy).run(prompts, seed=5)
+    whole = engine_for(policy).run(prompts, seed=5)
     half = _engine(setup, policy=policy, num_slots=P // 2 * 8)
     shards = [half.run(prompts[: P // 2], seed=5), half.run(prompts[P // 2:], seed=5, prompt_offset=P // 2)]
     trees, decisions = _by_prompt(whole)

@@ -12,8 +12,9 @@ from arpo_jax.rollout.scheduler import PageBudget, pages_for, round_need, worst_
 from tests.rollout.scripted import prompt_ids
 from tests.rollout.test_rollout import _by_prompt, _check_structure
 
-# the shipped configs' shapes (M, N) at the scripted model's scale
-SHAPES = {"arpo_7b_8b": (16, 8), "arpo_14b": (12, 6)}
+# a shipped config's shape (M, N) at the scripted model's scale. arpo_7b_8b's (16, 8) runs the same code
+# with power-of-two slot counts (as the other tests here do), so only (12, 6) is rolled out here.
+SHAPES = {"arpo_14b": (12, 6)}
 
 
 def _engine(setup, num_prompts, **kw):
@@ -52,7 +53,7 @@ def test_each_prompt_is_prefilled_once(setup):
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_few_slots_give_the_same_rollout_and_drop_no_branch(setup, shape):
-    """Shipped-config shapes (M, N) on 8 prompts: with slots for every prompt × M and with
+    """A shipped config's shape (M, N) on 8 prompts: with slots for every prompt × M and with
     slots for one prompt at a time (1/8), the same trajectories and decisions; every granted
     branch is made (or handed back when its source ended at its result)."""
     tok, _, _ = setup
@@ -105,8 +106,9 @@ def test_eviction_of_the_youngest_prompt_gives_the_same_rollout(setup, monkeypat
     when the younger prompts hold the pages the oldest needs)."""
     tok, _, _ = setup
     prompts = [prompt_ids(tok)] * 3
-    full = _paged(setup, 3, 1, policy="arpo").run(prompts, seed=5)
     engine = _paged(setup, 3, 1, policy="arpo")
+    full = engine.run(prompts, seed=5)
+    engine.pages.completed_pages.clear()  # as a new engine (admission estimated from no prompt), not recompiled
     real_plan, calls = PageBudget.plan, []
 
     def plan_with_one_shortage(needs, free):

@@ -15,6 +15,10 @@ from arpo_jax.algorithms.accumulation import accumulate_gradients, split_micro_b
 CFG = get_preset("qwen2.5-0.5b", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
                  num_heads=4, num_kv_heads=2, head_dim=8)
 
+# jitted, as the trainer runs them: eagerly, each op of the model compiles on its own, for each shape
+_logprobs_jit = jax.jit(sequence_logprobs, static_argnames=("temperature", "vocab_size", "logits_chunk"))
+_logits_jit = jax.jit(lambda model, tokens: model(tokens))
+
 
 def _batch(model, seed=0, b=4, t=12):
     rng = np.random.default_rng(seed)
@@ -24,7 +28,7 @@ def _batch(model, seed=0, b=4, t=12):
     loss_mask = attn.copy()
     loss_mask[:, :4] = 0  # prompt
     loss_mask[:, 6] = 0  # a tool-result token
-    old_lp, _ = sequence_logprobs(model, jnp.asarray(tokens, jnp.int32), jnp.asarray(attn))
+    old_lp, _ = _logprobs_jit(model, jnp.asarray(tokens, jnp.int32), jnp.asarray(attn))
     adv = np.repeat(rng.normal(size=(b, 1)), t, 1) * loss_mask
     return make_policy_batch(tokens, attn, loss_mask, np.asarray(old_lp) * loss_mask, adv)
 
@@ -32,8 +36,8 @@ def _batch(model, seed=0, b=4, t=12):
 def test_sequence_logprobs_match_manual_softmax():
     model = create_model(CFG, seed=0)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 64, (2, 6)), jnp.int32)
-    lp, ent = sequence_logprobs(model, tokens, jnp.ones_like(tokens), temperature=0.7)
-    logits = np.asarray(model(tokens), np.float64) / 0.7
+    lp, ent = _logprobs_jit(model, tokens, jnp.ones_like(tokens), temperature=0.7)
+    logits = np.asarray(_logits_jit(model, tokens), np.float64) / 0.7
     p = np.exp(logits - logits.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     ref_lp = np.log(np.take_along_axis(p[:, :-1], np.asarray(tokens)[:, 1:, None], -1)[..., 0])
@@ -50,8 +54,9 @@ def test_micro_batched_gradients_equal_full_batch():
     loss_fn = policy_loss_fn(graphdef, PolicyLossConfig(), 1.0)
     whole = jax.tree.map(lambda x: x[None], batch)
     micro = jax.tree.map(lambda x: x.reshape((4, 1) + x.shape[1:]), batch)
-    g1, o1 = accumulate_gradients(loss_fn, params, whole)
-    g4, o4 = accumulate_gradients(loss_fn, params, micro)
+    accumulate = jax.jit(accumulate_gradients, static_argnums=0)
+    g1, o1 = accumulate(loss_fn, params, whole)
+    g4, o4 = accumulate(loss_fn, params, micro)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g4)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
     assert float(o1.denominator) == float(o4.denominator) == float(np.sum(np.asarray(batch.loss_mask)))
@@ -67,16 +72,16 @@ def _updater(model, opt_cfg: OptimizerConfig, **kw):
 def test_repeated_steps_lower_the_loss_and_change_the_policy():
     model = create_model(CFG, seed=2)
     batch = _batch(model, seed=3)
-    before = np.asarray(model(batch.tokens))
+    before = np.asarray(_logits_jit(model, batch.tokens))
     updater, params, opt_state = _updater(model, OptimizerConfig(lr=3e-3, weight_decay=0.0), num_micro=2)
     losses = []
     for _ in range(8):
         params, opt_state, m = updater.apply(params, opt_state, batch)
         losses.append(float(m["loss"]))
     assert losses[-1] < losses[0] - 1e-3, losses
-    assert np.abs(np.asarray(nnx.merge(updater.graphdef, params)(batch.tokens)) - before).max() > 1e-3
+    assert np.abs(np.asarray(_logits_jit(nnx.merge(updater.graphdef, params), batch.tokens)) - before).max() > 1e-3
     lp, _ = updater.score(params, batch.tokens, batch.attention_mask)  # micro-batched, as the RL loop scores
-    ref, _ = sequence_logprobs(nnx.merge(updater.graphdef, params), batch.tokens, batch.attention_mask)
+    ref, _ = _logprobs_jit(nnx.merge(updater.graphdef, params), batch.tokens, batch.attention_mask)
     np.testing.assert_allclose(np.asarray(lp), np.asarray(ref), atol=1e-5)
 
 
@@ -107,19 +112,19 @@ def test_chunked_logprobs_and_vocab_mask_match_full_computation():
     model = create_model(CFG, seed=2)
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 50, (2, 13)), jnp.int32)
     attn = jnp.ones_like(tokens)
-    full = sequence_logprobs(model, tokens, attn, vocab_size=50)
-    chunked = sequence_logprobs(model, tokens, attn, vocab_size=50, logits_chunk=5)
+    full = _logprobs_jit(model, tokens, attn, vocab_size=50)
+    chunked = _logprobs_jit(model, tokens, attn, vocab_size=50, logits_chunk=5)
     for a, b in zip(full, chunked):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
-    logits = np.asarray(model(tokens), np.float64)[:, :, :50]
+    logits = np.asarray(_logits_jit(model, tokens), np.float64)[:, :, :50]
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     ref = np.take_along_axis(logp[:, :-1], np.asarray(tokens)[:, 1:, None], -1)[..., 0]
     np.testing.assert_allclose(np.asarray(full[0])[:, 1:], ref, atol=1e-5)
 
     graphdef, params = nnx.split(model)
     batch = _batch(model)
-    grads = [jax.grad(lambda p: policy_loss_fn(graphdef, PolicyLossConfig(), 1.0, 60, c)(p, batch).loss_sum)(params)
-             for c in (0, 4)]
+    grads = [jax.jit(jax.grad(lambda p: policy_loss_fn(graphdef, PolicyLossConfig(), 1.0, 60, c)(p, batch).loss_sum))(
+        params) for c in (0, 4)]
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
