@@ -1,9 +1,10 @@
 """What the default ``make demo`` run should show, and the check of a run against it.
 
 ``DOCUMENTED`` is the range measured over the seed runs reported in ``docs/results.md``
-("Seeds"): each bound is the lowest and highest value of those runs. ``check`` compares a run's summary with it; the demo prints the verdict and writes it
-to ``summary.json`` (``expected``), so a run that lands outside says so instead of telling a
-different story quietly. The quick demo (the test suite's) has no documented range.
+("Seeds"): each bound is the lowest and highest value of those runs. ``check`` compares a
+run's summary with it; the demo prints the verdict and writes it to ``summary.json``
+(``expected``), so a run that lands outside says so instead of telling a different story
+quietly. The quick demo (the test suite's) has no documented range.
 """
 
 from __future__ import annotations
