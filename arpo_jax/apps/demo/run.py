@@ -49,7 +49,7 @@ class DemoSize:
     sft_batch: int = 32
 
 
-SIZES = {"default": DemoSize(40000, 150, 2800, 40, 8, 8, 4, sft_batch=8),  # SFT batches: packed rows
+SIZES = {"default": DemoSize(40000, 150, 2000, 40, 8, 8, 4, sft_batch=8),  # SFT batches: packed rows
          "quick": DemoSize(300, 12, 24, 2, 4, 4, 2, sft_batch=4)}
 
 
