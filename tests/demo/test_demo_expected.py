@@ -1,6 +1,7 @@
 """The demo's own verdict: a run is compared with the range docs/results.md documents, and the
 methods ``--compare`` runs are budget-matched configs of the same engine."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,19 @@ def test_the_documented_range_is_the_one_docs_results_states():
     for key, (lo, hi) in doc["ranges"].items():
         row = next(line for line in block.splitlines() if line.startswith(f"| {expected.LABELS[key]} |"))
         assert f"| {lo:.1%}–{hi:.1%} |" in row, (key, row)
+
+
+def test_the_documented_range_spans_the_recorded_seed_runs():
+    """bench/results/demo_seeds.json keeps the seed runs docs/results.md reports: each bound is the
+    lowest or highest of them (to 0.1 %), and every one of them is within the range."""
+    runs = json.loads((Path(__file__).resolve().parents[2] / "bench" / "results" / "demo_seeds.json").read_text())
+    doc = expected.DOCUMENTED
+    assert doc["seeds"] == f"{min(r['seed'] for r in runs)}–{max(r['seed'] for r in runs)}"
+    for key, (lo, hi) in doc["ranges"].items():
+        values = [expected.observed(r)[key] for r in runs]
+        assert abs(lo - min(values)) < 1e-3 and abs(hi - max(values)) < 1e-3, (key, lo, hi, values)
+    for r in runs:
+        assert expected.check(r)["within"] is True, (r["seed"], expected.check(r)["flags"])
 
 
 def test_methods_share_the_budget_and_unknown_names_are_refused():

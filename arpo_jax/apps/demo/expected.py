@@ -14,14 +14,15 @@ from typing import Any
 RESULTS = "docs/results.md"
 
 DOCUMENTED: dict[str, Any] = {  # docs/results.md, "Seeds": lowest and highest of the seed runs
-    "seeds": "0–3",
+    "seeds": "0–4",
     "ranges": {
-        "accuracy_after_sft": (0.333, 0.667),
-        "accuracy_after_rl": (0.333, 1.0),
-        "gain": (0.0, 0.334),
-        "lowest_family_after_rl": (0.0, 1.0),
+        "accuracy_after_sft": (0.66, 0.667),
+        "accuracy_after_rl": (0.86, 0.987),
+        "gain": (0.193, 0.32),
+        "lowest_family_after_rl": (0.72, 0.98),
     },
 }
+_FLOAT_SLACK = 1e-9  # the gain is a float difference: 148/150 - 100/150 = 0.32000000000000006, not above 0.32
 
 LABELS = {"accuracy_after_sft": "held-out accuracy after SFT", "accuracy_after_rl": "held-out accuracy after RL",
           "gain": "gain of RL over SFT", "lowest_family_after_rl": "lowest task family after RL"}
@@ -43,7 +44,7 @@ def check(summary: dict, documented: dict | None = None) -> dict[str, Any]:
     flags = []
     for key, value in observed(summary).items():
         lo, hi = doc["ranges"][key]
-        if not lo <= value <= hi:
+        if not lo - _FLOAT_SLACK <= value <= hi + _FLOAT_SLACK:
             where = "below" if value < lo else "above"
             flags.append(f"{LABELS[key]} {value:.1%} is {where} the documented range {lo:.1%}–{hi:.1%} "
                          f"(seeds {doc['seeds']}): see {RESULTS}")
